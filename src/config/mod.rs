@@ -1,0 +1,13 @@
+//! Configuration: schema, built-in defaults, layering, validation.
+//!
+//! Layers, lowest first: the space's built-in defaults < `extends = "base.toml"` (recursively,
+//! relative to the extending file) < the experiment file < `RUNNER_*` environment variables
+//! (`RUNNER_TRAIN__LEARNING_RATE=0.05`) < `--set key=value` overrides.
+
+pub mod defaults;
+pub mod schema;
+
+pub use schema::*;
+pub mod load;
+
+pub use load::{load, Resolved};

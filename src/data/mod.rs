@@ -1,0 +1,38 @@
+//! Datasets, augmentation and loaders. Knows nothing of spaces or training.
+//! TODO(helper data): readers, splits, augmentation, prefetching loader.
+
+pub mod augment;
+pub mod build;
+pub mod loader;
+
+pub use augment::{Augment, Normalize};
+pub use build::{build, Split};
+pub use loader::{batches, shuffled, Batch, BatchIter};
+
+/// Images held in memory as u8, each image C x H x W contiguous, images back to back.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub images: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Bytes of one image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+}

@@ -1,0 +1,28 @@
+//! Fully connected layer, `y = x W^T + b` (PyTorch layout: weight (out, in)).
+
+use super::store::Path;
+use candle_core::{Result, Tensor, Var};
+
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    pub fn new(path: &Path, weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let weight = path.param("weight", weight)?;
+        let bias = match bias {
+            Some(b) => Some(path.param("bias", b)?),
+            None => None,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b.as_tensor()),
+            None => Ok(y),
+        }
+    }
+}

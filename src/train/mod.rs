@@ -1,0 +1,6 @@
+//! Optimizers, schedules, clipping and ranking metrics. Knows nothing of spaces.
+
+pub mod clip;
+pub mod metrics;
+pub mod schedule;
+pub mod sgd;
