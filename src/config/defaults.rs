@@ -39,6 +39,8 @@ pub fn nb201() -> Config {
             split: "cifar10-valid".into(),
             train: vec![],
             valid: vec![],
+            split_file: None,
+            normalize: NormalizeKind::Auto,
             batch_size: 256,
             eval_batch_size: 256,
             augment: true,

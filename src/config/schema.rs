@@ -79,6 +79,12 @@ pub struct Data {
     /// With `split = "custom"`: files or image folders under `root` forming the validation set.
     #[serde(default)]
     pub valid: Vec<PathBuf>,
+    /// NB201 split file (`split-<name>.txt`); by default looked up in `root` and `root/../nb201`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_file: Option<PathBuf>,
+    /// Normalisation constants: `auto` (NB201's for NB201 split names and `custom`, DARTS's for
+    /// `40k` / `50k`), `nb201` or `darts`.
+    pub normalize: NormalizeKind,
     pub batch_size: usize,
     pub eval_batch_size: usize,
     /// Random crop padding and horizontal flip on training images.
@@ -87,6 +93,14 @@ pub struct Data {
     pub cutout: usize,
     /// Batches prepared ahead by the loader thread.
     pub prefetch: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormalizeKind {
+    Auto,
+    Nb201,
+    Darts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
