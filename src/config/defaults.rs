@@ -69,6 +69,7 @@ pub fn nb201() -> Config {
                 batch_size: 256,
             },
             ground_truth: "auto".into(),
+            ground_truth_dataset: "auto".into(),
             valid_images: 0,
             top_k_fraction: 0.1,
         },

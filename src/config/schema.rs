@@ -162,6 +162,9 @@ pub struct Eval {
     pub bn_recalibration: BnRecalibration,
     /// Ground truth: `auto` (the space's shipped benchmark for the dataset), `none`, or a path.
     pub ground_truth: String,
+    /// Which benchmark table of the ground truth to score against: `auto` (the data split's
+    /// name) or an NB201 dataset name (`cifar10-valid`, `cifar10`, `cifar100`, `imagenet-16-120`).
+    pub ground_truth_dataset: String,
     /// Use only the first this many validation images (0 = all).
     pub valid_images: usize,
     /// Fraction of evaluated architectures used for top-k overlap.

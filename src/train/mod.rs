@@ -1,6 +1,7 @@
 //! Optimizers, schedules, clipping and ranking metrics. Knows nothing of spaces.
 
 pub mod clip;
+pub mod evaluate;
 pub mod metrics;
 pub mod schedule;
 pub mod sgd;

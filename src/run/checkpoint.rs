@@ -1,0 +1,99 @@
+//! Checkpoints: model tensors, optimizer state and the run's progress in one safetensors file.
+//!
+//! Tensors are stored as `model.<name>` and `optim.<name>`; the progress (epoch, step, RNG
+//! positions, evaluation history) travels as JSON in the safetensors metadata under `runner`,
+//! together with the config hash, so a checkpoint of another configuration is refused.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Everything in a checkpoint file.
+pub struct Checkpoint<P> {
+    pub model: BTreeMap<String, Tensor>,
+    pub optim: BTreeMap<String, Tensor>,
+    pub progress: P,
+}
+
+/// Serialises a checkpoint and writes it atomically.
+pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "runner-checkpoint-v1".to_string());
+    meta.insert("config_hash".to_string(), hash.to_string());
+    meta.insert("runner".to_string(), serde_json::to_string(&ck.progress)?);
+    let tensors: Vec<(String, Tensor)> = ck
+        .model
+        .iter()
+        .map(|(k, v)| (format!("model.{k}"), v.clone()))
+        .chain(ck.optim.iter().map(|(k, v)| (format!("optim.{k}"), v.clone())))
+        .collect();
+    let bytes = safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
+    super::dir::write_atomic(path, &bytes)
+}
+
+/// Reads a checkpoint, refusing a corrupt file or one written for another configuration.
+pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Result<Checkpoint<P>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some("runner-checkpoint-v1") {
+        bail!("{} is not a runner checkpoint", path.display());
+    }
+    match meta.get("config_hash") {
+        Some(h) if h == hash => {}
+        other => bail!(
+            "checkpoint {} belongs to config hash {:?}, not {hash}; refusing to resume from it (use --fresh to start a new run)",
+            path.display(),
+            other.map(String::as_str).unwrap_or("?")
+        ),
+    }
+    let progress: P = serde_json::from_str(meta.get("runner").map(String::as_str).unwrap_or(""))
+        .with_context(|| format!("checkpoint {}: unreadable progress record", path.display()))?;
+    let all = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
+    let mut model = BTreeMap::new();
+    let mut optim = BTreeMap::new();
+    for (k, v) in all {
+        if let Some(n) = k.strip_prefix("model.") {
+            model.insert(n.to_string(), v);
+        } else if let Some(n) = k.strip_prefix("optim.") {
+            optim.insert(n.to_string(), v);
+        } else {
+            bail!("checkpoint {}: unexpected tensor {k}", path.display());
+        }
+    }
+    Ok(Checkpoint { model, optim, progress })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("latest.safetensors");
+        let dev = Device::Cpu;
+        let mut model = BTreeMap::new();
+        model.insert("a.weight".to_string(), Tensor::new(&[1.5f32, -2.0, 3.25], &dev).unwrap());
+        let mut optim = BTreeMap::new();
+        optim.insert("momentum.a.weight".to_string(), Tensor::new(&[0.5f32, 0.0, 1.0], &dev).unwrap());
+        save(&p, "h1", &Checkpoint { model, optim, progress: (7usize, "x".to_string()) }).unwrap();
+        let back: Checkpoint<(usize, String)> = load(&p, "h1", &dev).unwrap();
+        assert_eq!(back.progress, (7, "x".to_string()));
+        assert_eq!(back.model["a.weight"].to_vec1::<f32>().unwrap(), vec![1.5, -2.0, 3.25]);
+        assert_eq!(back.optim["momentum.a.weight"].to_vec1::<f32>().unwrap(), vec![0.5, 0.0, 1.0]);
+        let err = load::<(usize, String)>(&p, "h2", &dev).err().unwrap().to_string();
+        assert!(err.contains("belongs to config hash \"h1\""), "{err}");
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.truncate(bytes.len() - 5);
+        std::fs::write(&p, &bytes).unwrap();
+        let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        std::fs::write(&p, b"garbage").unwrap();
+        assert!(load::<(usize, String)>(&p, "h1", &dev).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! From a resolved configuration to a finished run: the space registry, device choice,
+//! ground truth lookup.
+
+use super::dir::RunDir;
+use super::pipeline::{self, Outcome, Parts};
+use crate::config::{self, DeviceKind, Resolved};
+use crate::nn::Store;
+use crate::rng;
+use crate::space::{nb201, GroundTruth, Space};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Picks the device named by `[device]`.
+pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
+    match cfg.kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("device.kind = \"cuda\" but this runner was built without the `cuda` feature (rebuild with --features cuda, or set device.kind = \"cpu\")");
+            }
+            Device::new_cuda(cfg.index).with_context(|| format!("cannot open CUDA device {}", cfg.index))
+        }
+        DeviceKind::Auto => Ok(Device::cuda_if_available(cfg.index).unwrap_or(Device::Cpu)),
+    }
+}
+
+/// The folder holding a space's shipped benchmark tables for `eval.ground_truth = "auto"`:
+/// `benchmarks/<kind>` next to the experiment folder, inside it, or under the current folder.
+fn auto_benchmark_dir(resolved: &Resolved, kind: &str) -> Option<PathBuf> {
+    let exp_dir = resolved.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut candidates = vec![];
+    for anc in exp_dir.ancestors().take(3) {
+        candidates.push(anc.join("benchmarks").join(kind));
+    }
+    candidates.push(PathBuf::from("benchmarks").join(kind));
+    candidates.into_iter().find(|p| p.is_dir())
+}
+
+/// The benchmark folder to read ground truth from, or `None` when the run has none.
+pub fn ground_truth_dir(resolved: &Resolved, kind: &str) -> Result<Option<PathBuf>> {
+    match resolved.config.eval.ground_truth.as_str() {
+        "none" => Ok(None),
+        "auto" => Ok(auto_benchmark_dir(resolved, kind)),
+        p => {
+            let p = PathBuf::from(p);
+            if !p.exists() {
+                bail!("eval.ground_truth: {} does not exist", p.display());
+            }
+            Ok(Some(p))
+        }
+    }
+}
+
+fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::Arch>>> {
+    let cfg = &resolved.config;
+    let Some(dir) = ground_truth_dir(resolved, "nb201")? else {
+        tracing::warn!("no ground truth: correlations are unavailable for this run");
+        return Ok(None);
+    };
+    let dataset = match cfg.eval.ground_truth_dataset.as_str() {
+        "auto" => cfg.data.split.as_str(),
+        d => d,
+    };
+    if dataset == "custom" {
+        bail!("eval.ground_truth_dataset must name the NB201 table to score against when data.split = \"custom\" (cifar10-valid, cifar10, cifar100 or imagenet-16-120)");
+    }
+    let gt = nb201::ground_truth(&dir, dataset).with_context(|| format!("ground truth in {}", dir.display()))?;
+    tracing::info!("ground truth: {} ({} archs)", gt.source, gt.scores.len());
+    Ok(Some(gt))
+}
+
+/// Everything `runner check` verifies without training: data, ground truth, the model builds.
+pub fn check(resolved: &Resolved) -> Result<String> {
+    let cfg = &resolved.config;
+    let data = crate::data::build(&cfg.data).context("data")?;
+    let mut report = format!(
+        "data: {} training images, {} validation images, {} classes\n",
+        data.train_indices.len(),
+        data.valid_indices.len(),
+        data.num_classes
+    );
+    match &cfg.space {
+        config::Space::Nb201(_) => {
+            let space = nb201::Nb201::new();
+            report.push_str(&format!("space: nb201, archset of {} cells\n", space.archset().map_or(0, |a| a.len())));
+            match nb201_ground_truth(resolved)? {
+                Some(gt) => report.push_str(&format!("ground truth: {} ({} archs)\n", gt.source, gt.scores.len())),
+                None => report.push_str("ground truth: none (correlations unavailable)\n"),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Runs the experiment of `resolved` in its results folder.
+pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
+    let cfg = &resolved.config;
+    let device = device(&cfg.device)?;
+    tracing::info!("device: {:?}", device);
+    let data = crate::data::build(&cfg.data).context("data")?;
+    match &cfg.space {
+        config::Space::Nb201(sc) => {
+            let ground_truth = nb201_ground_truth(resolved)?;
+            let store = Store::new(&device);
+            let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
+            let net = nb201::Nb201Net::new(&store.root(), sc, data.num_classes, &mut init_rng)?;
+            let parts = Parts { space: nb201::Nb201::new(), net, store, ground_truth, data };
+            pipeline::run(resolved, parts, dir, &device)
+        }
+    }
+}

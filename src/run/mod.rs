@@ -1,0 +1,7 @@
+//! Running an experiment: the results folder, checkpoints, the training pipeline, summaries.
+
+pub mod checkpoint;
+pub mod dir;
+pub mod pipeline;
+pub mod records;
+pub mod execute;

@@ -1,0 +1,371 @@
+//! The training pipeline, generic over the search space: train the supernet by single-path
+//! uniform sampling, evaluate sampled architectures with inherited weights, checkpoint, resume.
+
+use super::checkpoint::{self, Checkpoint};
+use super::dir::RunDir;
+use super::records::{finite, EvalRecord, Progress, Summary};
+use crate::config::{Config, Resolved};
+use crate::data::{self, Split};
+use crate::nn::{self, Mode, Store};
+use crate::rng;
+use crate::space::{GroundTruth, Space, Supernet};
+use crate::train::evaluate::{self, RecalStream, ValidSet};
+use crate::train::{clip, metrics, schedule, sgd};
+use anyhow::{Context, Result};
+use candle_core::{Device, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+
+/// What a finished call of [`run`] reports.
+pub struct Outcome {
+    pub summary: Summary,
+    /// The run had already finished before this call; nothing was trained.
+    pub already_finished: bool,
+}
+
+/// The pieces a space hands to the pipeline.
+pub struct Parts<S: Space> {
+    pub space: S,
+    pub net: S::Net,
+    pub store: Store,
+    pub ground_truth: Option<GroundTruth<S::Arch>>,
+    pub data: Split,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
+    let path = dir.file("metrics.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot append to {}", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("cannot append to {}", path.display()))?;
+    Ok(())
+}
+
+/// Drops metrics lines written after the checkpoint being resumed (they will be written again),
+/// and any partial line left by a kill.
+fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
+    let path = dir.file("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+                .is_some_and(|e| e as usize <= epoch)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    super::dir::write_atomic(&path, kept.as_bytes())
+}
+
+/// The architectures evaluated: a seeded subset of the archset in archset order (the
+/// reference's `sorted(permutation(n)[:k])`), or draws from the sampler where there is none.
+fn eval_archs<S: Space>(space: &S, cfg: &Config) -> Vec<S::Arch> {
+    let k = cfg.eval.num_archs;
+    match space.archset() {
+        Some(set) => {
+            let mut pick: Vec<usize> = data::shuffled(set.len(), cfg.experiment.seed, "eval-archs", &[])
+                .into_iter()
+                .take(k)
+                .collect();
+            pick.sort_unstable();
+            pick.into_iter().map(|i| set[i].clone()).collect()
+        }
+        None => {
+            let mut r = rng::stream(cfg.experiment.seed, "eval-archs", &[]);
+            (0..k).map(|_| space.sample(&mut r)).collect()
+        }
+    }
+}
+
+fn correlate<A: std::hash::Hash + Eq>(archs: &[A], scores: &[f64], gt: Option<&GroundTruth<A>>, frac: f64) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
+    let Some(gt) = gt else { return (0, [None; 4], 0, None) };
+    let mut x = vec![];
+    let mut y = vec![];
+    let mut pairs2 = (vec![], vec![]);
+    for (a, s) in archs.iter().zip(scores) {
+        if let Some(g) = gt.scores.get(a) {
+            x.push(*s);
+            y.push(*g);
+            if let Some(g2) = gt.second_seed.as_ref().and_then(|m| m.get(a)) {
+                pairs2.0.push(*g);
+                pairs2.1.push(*g2);
+            }
+        }
+    }
+    let k = ((x.len() as f64 * frac).round() as usize).max(1).min(x.len());
+    let m = [
+        finite(metrics::kendall_tau_b(&x, &y)),
+        finite(metrics::spearman(&x, &y)),
+        finite(metrics::pearson(&x, &y)),
+        if x.is_empty() { None } else { finite(metrics::top_k_overlap(&x, &y, k)) },
+    ];
+    let ceiling = if pairs2.0.len() >= 2 { finite(metrics::kendall_tau_b(&pairs2.0, &pairs2.1)) } else { None };
+    (x.len(), m, k, ceiling)
+}
+
+fn csv_field(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Scores `archs[..k]` at `epoch`, writes `eval/epoch_NNNN.csv`, returns the record.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_epoch<S: Space>(
+    parts: &Parts<S>,
+    cfg: &Config,
+    dir: &RunDir,
+    archs: &[S::Arch],
+    recal: &mut RecalStream,
+    valid: &ValidSet,
+    epoch: usize,
+    device: &Device,
+) -> Result<EvalRecord> {
+    let pb = bar(archs.len() as u64, "evaluate");
+    let mut accs = vec![];
+    let mut losses = vec![];
+    for (i, arch) in archs.iter().enumerate() {
+        let s = evaluate::score(&parts.net, &parts.store, arch, recal, cfg.eval.bn_recalibration.steps, valid, &[epoch as u64, i as u64], device)
+            .with_context(|| format!("evaluating architecture {} at epoch {epoch}", S::arch_string(arch)))?;
+        accs.push(s.accuracy);
+        losses.push(s.loss);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let gt = parts.ground_truth.as_ref();
+    let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth\n");
+    for ((a, acc), loss) in archs.iter().zip(&accs).zip(&losses) {
+        let g = gt.and_then(|g| g.scores.get(a)).map(|v| v.to_string()).unwrap_or_default();
+        csv.push_str(&format!("{},{},{acc},{loss},{g}\n", csv_field(&S::encode(a).to_string()), csv_field(&S::arch_string(a))));
+    }
+    dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
+    let (n_gt, [tau, rho, r, topk], k, ceiling) = correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
+    let n = accs.len().max(1) as f64;
+    let rec = EvalRecord {
+        epoch,
+        num_archs: accs.len(),
+        num_with_ground_truth: n_gt,
+        mean_accuracy: accs.iter().sum::<f64>() / n,
+        min_accuracy: accs.iter().cloned().fold(f64::INFINITY, f64::min),
+        max_accuracy: accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        mean_loss: losses.iter().sum::<f64>() / n,
+        kendall_tau: tau,
+        spearman: rho,
+        pearson: r,
+        top_k_overlap: topk,
+        top_k: k,
+        ground_truth_seed_tau: ceiling,
+    };
+    let mut line = serde_json::to_value(&rec)?;
+    if let Some(o) = line.as_object_mut() {
+        o.insert("kind".into(), "eval".into());
+    }
+    append_metrics(dir, &line)?;
+    let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
+    tracing::info!(
+        "eval epoch {epoch}: {} archs, mean acc {:.4} (min {:.4}, max {:.4}), kendall {} spearman {} pearson {} top-{k} {}",
+        rec.num_archs, rec.mean_accuracy, rec.min_accuracy, rec.max_accuracy, fmt(tau), fmt(rho), fmt(r), fmt(topk)
+    );
+    Ok(rec)
+}
+
+fn param_vars(store: &Store) -> Vec<Var> {
+    store.params().into_iter().map(|(_, v)| v).collect()
+}
+
+/// Runs (or resumes, or reports as finished) the experiment in `dir`.
+pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device: &Device) -> Result<Outcome> {
+    let cfg = &resolved.config;
+    let seed = cfg.experiment.seed;
+    let latest = dir.file("checkpoints/latest.safetensors");
+    let summary_path = dir.file("summary.json");
+    if summary_path.exists() && latest.exists() {
+        let text = std::fs::read_to_string(&summary_path).with_context(|| format!("reading {}", summary_path.display()))?;
+        if let Ok(summary) = serde_json::from_str::<Summary>(&text) {
+            return Ok(Outcome { summary, already_finished: true });
+        }
+    }
+    dir.write("config.toml", resolved.toml.as_bytes())?;
+
+    let train_cfg = &cfg.train;
+    let mut opt = sgd::Sgd::new(
+        parts.store.params(),
+        sgd::SgdConfig {
+            lr: train_cfg.learning_rate,
+            momentum: train_cfg.momentum,
+            nesterov: train_cfg.nesterov,
+            weight_decay: train_cfg.weight_decay,
+            unsampled: train_cfg.unsampled,
+        },
+    );
+    let vars = param_vars(&parts.store);
+
+    let mut progress = Progress {
+        epoch: 0,
+        step: 0,
+        sample_rng: rng::save_state(&rng::stream(seed, "sample", &[])),
+        recal_consumed: 0,
+        history: vec![],
+        last_train_loss: None,
+        last_train_accuracy: None,
+    };
+    if latest.exists() {
+        let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)?;
+        parts.store.load(&ck.model).with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
+        opt.load_state(&ck.optim).with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
+        progress = ck.progress;
+        truncate_metrics(dir, progress.epoch)?;
+        tracing::info!("resuming from {} at epoch {} (step {})", latest.display(), progress.epoch, progress.step);
+    } else if dir.file("metrics.jsonl").exists() {
+        // A run killed before its first checkpoint starts over.
+        std::fs::remove_file(dir.file("metrics.jsonl")).with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
+    }
+    let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
+
+    let d = &parts.data;
+    let mut recal = RecalStream {
+        set: d.train.clone(),
+        indices: d.train_indices.clone(),
+        batch_size: cfg.eval.bn_recalibration.batch_size,
+        augment: d.train_augment,
+        seed,
+        consumed: progress.recal_consumed,
+        prefetch: cfg.data.prefetch,
+    };
+    let mut valid_indices = d.valid_indices.clone();
+    if cfg.eval.valid_images > 0 {
+        valid_indices.truncate(cfg.eval.valid_images);
+    }
+    let valid = ValidSet {
+        set: d.valid.clone(),
+        indices: valid_indices,
+        batch_size: cfg.data.eval_batch_size,
+        augment: d.valid_augment,
+        seed,
+        prefetch: cfg.data.prefetch,
+    };
+    let archs = eval_archs(&parts.space, cfg);
+    let n_train = d.train_indices.len();
+    let bs = cfg.data.batch_size;
+    let mut steps_per_epoch = n_train / bs;
+    if train_cfg.max_steps > 0 {
+        steps_per_epoch = steps_per_epoch.min(train_cfg.max_steps);
+    }
+    if steps_per_epoch == 0 {
+        anyhow::bail!("data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on");
+    }
+    let epochs = train_cfg.epochs;
+    let total_steps = epochs * steps_per_epoch;
+    tracing::info!(
+        "{} training images, {} validation images, {steps_per_epoch} steps per epoch, {epochs} epochs, {} params",
+        n_train,
+        valid.indices.len(),
+        vars.iter().map(|v| v.elem_count()).sum::<usize>()
+    );
+
+    let save = |progress: &Progress, opt: &sgd::Sgd, path: &std::path::Path| -> Result<()> {
+        let ck = Checkpoint { model: parts.store.tensors(), optim: opt.state()?, progress: progress.clone() };
+        checkpoint::save(path, &resolved.hash, &ck)
+    };
+
+    if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
+        let k = cfg.eval.num_archs_intermediate.min(archs.len());
+        let rec = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
+        progress.history.push(rec);
+        progress.recal_consumed = recal.consumed;
+    }
+
+    for epoch in progress.epoch + 1..=epochs {
+        let order: Vec<usize> = data::shuffled(n_train, seed, "train-order", &[epoch as u64])
+            .into_iter()
+            .map(|i| d.train_indices[i])
+            .take(steps_per_epoch * bs)
+            .collect();
+        let batches = data::batches(d.train.clone(), order, bs, true, d.train_augment, seed, "train-augment", &[epoch as u64], device, cfg.data.prefetch);
+        let pb = bar(steps_per_epoch as u64, &format!("epoch {epoch}/{epochs}"));
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for batch in batches {
+            let batch = batch?;
+            let arch = parts.space.sample(&mut sample_rng);
+            let lr = schedule::cosine(train_cfg.learning_rate, train_cfg.ending_lr, progress.step as usize, total_steps);
+            let logits = parts.net.forward(&batch.images, &arch, Mode::Train)?;
+            let loss = nn::loss::cross_entropy(&logits, &batch.labels, 0.0)?;
+            let mut grads = loss.backward()?;
+            let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
+            opt.set_lr(lr);
+            opt.step(&grads)?;
+            let loss_v = loss.to_scalar::<f32>()? as f64;
+            if !loss_v.is_finite() {
+                anyhow::bail!("training loss became {loss_v} at epoch {epoch}, step {}; the last checkpoint is kept", progress.step);
+            }
+            let n = batch.labels.dims1()?;
+            let (c, _) = nn::loss::correct_topk(&logits.detach(), &batch.labels, 1)?;
+            loss_sum += loss_v * n as f64;
+            correct += c;
+            seen += n;
+            progress.step += 1;
+            let mut line = serde_json::json!({"kind": "train_step", "epoch": epoch, "step": progress.step, "loss": loss_v, "accuracy": c as f64 / n as f64, "lr": lr});
+            if let (Some(g), Some(o)) = (grad_norm, line.as_object_mut()) {
+                o.insert("grad_norm".into(), g.into());
+            }
+            append_metrics(dir, &line)?;
+            pb.inc(1);
+            pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+        }
+        pb.finish_and_clear();
+        let (tl, ta) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
+        progress.last_train_loss = Some(tl);
+        progress.last_train_accuracy = Some(ta);
+        append_metrics(dir, &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}))?;
+        tracing::info!("epoch {epoch}/{epochs}: train loss {tl:.4} acc {ta:.4}");
+        progress.epoch = epoch;
+        progress.sample_rng = rng::save_state(&sample_rng);
+
+        let last = epoch == epochs;
+        if epoch % cfg.eval.every == 0 || last {
+            let k = if last { archs.len() } else { cfg.eval.num_archs_intermediate.min(archs.len()) };
+            let rec = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
+            progress.history.push(rec);
+            progress.recal_consumed = recal.consumed;
+        }
+        if epoch % cfg.experiment.checkpoint_every == 0 || last {
+            save(&progress, &opt, &latest)?;
+        }
+    }
+
+    let final_eval = progress.history.last().cloned();
+    let tau_fraction = final_eval
+        .as_ref()
+        .and_then(|e| Some(e.kendall_tau? / e.ground_truth_seed_tau?))
+        .and_then(finite);
+    let summary = Summary {
+        experiment: cfg.experiment.name.clone(),
+        config_hash: resolved.hash.clone(),
+        space: S::KIND.into(),
+        epochs,
+        steps: progress.step,
+        unsampled: serde_json::to_value(train_cfg.unsampled)?.as_str().unwrap_or("?").to_string(),
+        ground_truth: parts.ground_truth.as_ref().map(|g| g.source.clone()),
+        final_train_loss: progress.last_train_loss,
+        final_train_accuracy: progress.last_train_accuracy,
+        final_eval,
+        history: progress.history.clone(),
+        tau_fraction_of_noise_ceiling: tau_fraction,
+    };
+    let final_ck = Checkpoint { model: parts.store.tensors(), optim: Default::default(), progress: progress.clone() };
+    checkpoint::save(&dir.file("checkpoints/final.safetensors"), &resolved.hash, &final_ck)?;
+    dir.write("summary.json", serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(Outcome { summary, already_finished: false })
+}

@@ -1,0 +1,56 @@
+//! Search spaces: choices, sampling, architecture encodings, ground truth decoding, supernets.
+//!
+//! One file per space. A space names its typed `Arch` (serialisable to exactly the JSON of the
+//! benchmark CSVs), draws architectures from a caller's RNG, and builds a supernet that runs
+//! only the sampled path. The pipeline is generic over [`Space`]; the registry is the single
+//! `match` on `space.kind` in `run`.
+
+pub mod nb201;
+
+use crate::nn::Mode;
+use crate::rng::Rng;
+use candle_core::{Result, Tensor};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// A search space over image classifiers.
+pub trait Space: Send + Sync + Sized + 'static {
+    type Arch: Clone + Eq + Hash + Debug + Send + Sync;
+    type Net: Supernet<Arch = Self::Arch>;
+
+    /// The `space.kind` name.
+    const KIND: &'static str;
+
+    /// The benchmark JSON object of an architecture (as in `benchmarks/*.csv`).
+    fn encode(arch: &Self::Arch) -> serde_json::Value;
+
+    /// Parses a benchmark JSON object; the error says what is wrong with it.
+    fn decode(value: &serde_json::Value) -> anyhow::Result<Self::Arch>;
+
+    /// A short human-readable form (NB201's `|op~0|+|...|` string).
+    fn arch_string(arch: &Self::Arch) -> String;
+
+    /// The enumerated set of architectures training samples from, when the space has one.
+    fn archset(&self) -> Option<&[Self::Arch]>;
+
+    /// One architecture drawn uniformly.
+    fn sample(&self, rng: &mut Rng) -> Self::Arch;
+}
+
+/// A weight-sharing supernet.
+pub trait Supernet {
+    type Arch;
+    /// Logits of the sampled architecture (only its path runs).
+    fn forward(&self, x: &Tensor, arch: &Self::Arch, mode: Mode) -> Result<Tensor>;
+}
+
+/// Ground truth scores by architecture, with a description of where they came from.
+pub struct GroundTruth<A> {
+    pub scores: HashMap<A, f64>,
+    /// What the score is, e.g. `acc200_cifar10-valid.csv: valid_acc_mean (percent)`.
+    pub source: String,
+    /// A second, independent measurement of the same architectures (another training seed),
+    /// for the noise ceiling.
+    pub second_seed: Option<HashMap<A, f64>>,
+}
