@@ -1,0 +1,162 @@
+//! End-to-end runs of the `runner` binary on the shipped CIFAR-10 subset: a tiny NAS-Bench-201
+//! supernet, killed with SIGKILL mid-run and resumed, must end with exactly the numbers of an
+//! uninterrupted run; a finished run is not retrained; bad input fails with one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny_config(dir: &Path, out: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[experiment]
+name = "tiny"
+seed = 3
+output = "{out}"
+
+[space]
+kind = "nb201"
+channels = 4
+cells_per_stage = 1
+
+[data]
+dataset = "cifar10"
+root = "{data}"
+split = "custom"
+train = ["train"]
+valid = ["test"]
+batch_size = 32
+eval_batch_size = 100
+
+[train]
+epochs = 3
+max_steps = 6
+grad_clip = 5.0
+
+[eval]
+every = 1
+num_archs = 6
+num_archs_intermediate = 4
+bn_recalibration = {{ steps = 2, batch_size = 32 }}
+ground_truth = "{gt}"
+ground_truth_dataset = "cifar10-valid"
+valid_images = 200
+"#,
+        data = repo().join("data/cifar10-mini-jpg").display(),
+        gt = repo().join("benchmarks/nb201").display(),
+    );
+    let p = dir.join(format!("{out}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn runner() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+    c.env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn killed_run_resumes_to_identical_result() {
+    let t = tempfile::tempdir().unwrap();
+    let a = tiny_config(t.path(), "a");
+    let b = tiny_config(t.path(), "b");
+
+    let st = runner().arg(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let dir_a = run_dir(&t.path().join("a"));
+    let sa = summary(&dir_a);
+    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log"] {
+        assert!(dir_a.join(f).exists(), "missing {f}");
+    }
+    let fe = &sa["final_eval"];
+    assert_eq!(fe["num_archs"], 6);
+    assert_eq!(fe["num_with_ground_truth"], 6);
+    assert!(fe["kendall_tau"].is_number() && fe["spearman"].is_number() && fe["pearson"].is_number());
+    assert_eq!(sa["history"].as_array().unwrap().len(), 4); // epochs 0..=3
+
+    // Same experiment in another output root: kill -9 once the first checkpoint exists.
+    let mut child = runner().arg(&b).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let out_b = t.path().join("b");
+    let start = Instant::now();
+    loop {
+        let ck = std::fs::read_dir(&out_b).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest.safetensors"));
+        if ck.is_some_and(|p| p.exists()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended before it could be killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir_b = run_dir(&out_b);
+    assert!(!dir_b.join("summary.json").exists(), "killed too late");
+    let st = runner().arg(&b).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let sb = summary(&dir_b);
+    assert_eq!(sa["history"], sb["history"]);
+    assert_eq!(sa["final_eval"], sb["final_eval"]);
+    assert_eq!(sa["final_train_loss"], sb["final_train_loss"]);
+    assert_eq!(sa["steps"], sb["steps"]);
+    assert_eq!(dir_a.file_name(), dir_b.file_name(), "output root must not change the config hash");
+    let csv_a = std::fs::read_to_string(dir_a.join("eval/epoch_0003.csv")).unwrap();
+    let csv_b = std::fs::read_to_string(dir_b.join("eval/epoch_0003.csv")).unwrap();
+    assert_eq!(csv_a, csv_b);
+    // Every training step appears exactly once in the resumed metrics log.
+    let steps: Vec<u64> = std::fs::read_to_string(dir_b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train_step")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=18).collect::<Vec<u64>>());
+
+    // A finished run is not retrained.
+    let before = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
+    let st = runner().arg(&b).output().unwrap();
+    assert!(st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("already finished"));
+    let after = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(tiny_config(t.path(), "c")).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("misspelt key", good.replace("max_steps = 6", "max_steps = 6\nlerning_rate = 0.1"), "learning_rate"),
+        ("missing data", good.replace("cifar10-mini-jpg", "no-such-folder"), "no-such-folder"),
+        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "outside the output root"),
+        ("malformed toml", good.replace("[train]", "[train"), "invalid TOML"),
+    ];
+    for (what, text, needle) in cases {
+        let p = t.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let st = runner().arg(&p).output().unwrap();
+        assert!(!st.status.success(), "{what}: should fail");
+        let err = String::from_utf8_lossy(&st.stderr);
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: ") && last.contains(needle), "{what}: {err}");
+        assert!(!t.path().join("c").join("..").join("evil").exists());
+    }
+}
