@@ -40,6 +40,34 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Time one NB201 training step and one architecture evaluation on the CPU, side by side
+    /// with the PyTorch twin (benchmarks/pytorch/nb201_bench.py) when PyTorch is installed.
+    Bench {
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        /// Cells per stage.
+        #[arg(long, default_value_t = 5)]
+        cells: usize,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 25)]
+        recal_steps: usize,
+        #[arg(long, default_value_t = 256)]
+        recal_batch: usize,
+        #[arg(long, default_value_t = 1000)]
+        valid_images: usize,
+        #[arg(long, default_value_t = 250)]
+        eval_batch: usize,
+        /// Timed repetitions per round (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Rounds, alternating runner and PyTorch.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Skip the PyTorch comparison.
+        #[arg(long)]
+        no_pytorch: bool,
+    },
 }
 
 /// Where log lines go besides stderr once the run folder is known.
@@ -138,6 +166,17 @@ pub fn main() -> i32 {
             for line in report.lines() {
                 println!("# {line}");
             }
+            Ok(())
+        })(),
+        Some(Command::Bench { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, no_pytorch }) => (|| -> Result<()> {
+            let threads = candle_core::utils::get_num_threads();
+            let python = std::env::var("RUNNER_BENCH_PYTHON").unwrap_or_else(|_| {
+                if crate::run::bench::has_torch("python3") { "python3".into() } else { "/usr/bin/python3".into() }
+            });
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
+            let pytorch_script = (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python)).then_some(script);
+            let args = crate::run::bench::BenchArgs { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, threads, pytorch_script, python };
+            print!("{}", crate::run::bench::bench(&args)?);
             Ok(())
         })(),
         None => run(cli.run),

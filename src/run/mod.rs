@@ -5,3 +5,4 @@ pub mod dir;
 pub mod pipeline;
 pub mod records;
 pub mod execute;
+pub mod bench;
