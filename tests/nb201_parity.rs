@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use runner::config::Nb201Space;
 use runner::nn::{self, Mode, Store};
-use runner::space::{nb201, Space, Supernet};
+use runner::space::{nb201, Ctx, Space, Supernet};
 use std::collections::{BTreeMap, HashMap};
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
@@ -34,7 +34,7 @@ fn nb201_path_matches_pytorch() {
     let x = &fx["x"];
     let y = &fx["y"];
 
-    let logits = net.forward(x, &arch, Mode::Train).unwrap();
+    let logits = net.forward(x, &arch, &mut Ctx::new(Mode::Train, &mut r)).unwrap().logits;
     assert!(rel_err(&logits, &fx["train_logits"]) < 1e-4);
     let loss = nn::loss::cross_entropy(&logits, y, 0.0).unwrap();
     assert!(rel_err(&loss.reshape(1).unwrap(), &fx["loss"]) < 1e-5);
@@ -57,6 +57,6 @@ fn nb201_path_matches_pytorch() {
         let want = &fx[&format!("train_buffers.{name}")];
         assert!(rel_err(var.as_tensor(), want) < 1e-4, "{name}: running stat after a train step");
     }
-    let eval = net.forward(x, &arch, Mode::Eval).unwrap();
+    let eval = net.forward(x, &arch, &mut Ctx::new(Mode::Eval, &mut r)).unwrap().logits;
     assert!(rel_err(&eval, &fx["eval_logits"]) < 1e-4);
 }

@@ -4,7 +4,7 @@
 use crate::config::{Nb201Space, Unsampled};
 use crate::nn::{self, Mode, Store};
 use crate::rng;
-use crate::space::{nb201, Space, Supernet};
+use crate::space::{nb201, Ctx, Space, Supernet};
 use crate::train::sgd::{Sgd, SgdConfig};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -83,7 +83,8 @@ impl RunnerSide {
     }
 
     fn step(&mut self) -> Result<()> {
-        let logits = self.net.forward(&self.x, &self.arch, Mode::Train)?;
+        let mut r = rng::stream(0, "bench-dropout", &[]);
+        let logits = self.net.forward(&self.x, &self.arch, &mut Ctx::new(Mode::Train, &mut r))?.logits;
         let loss = nn::loss::cross_entropy(&logits, &self.y, 0.0)?;
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
@@ -94,11 +95,13 @@ impl RunnerSide {
         let saved: Vec<Tensor> = self.store.buffers().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         self.store.begin_recalibration();
         for _ in 0..self.recal_steps {
-            self.net.forward(&self.xr, &self.arch, Mode::Recalibrate)?;
+            let mut r = rng::stream(0, "bench-dropout", &[]);
+            self.net.forward(&self.xr, &self.arch, &mut Ctx::new(Mode::Recalibrate, &mut r))?;
         }
         self.store.finish_recalibration()?;
         for _ in 0..self.valid_batches {
-            let l = self.net.forward(&self.xv, &self.arch, Mode::Eval)?;
+            let mut r = rng::stream(0, "bench-dropout", &[]);
+            let l = self.net.forward(&self.xv, &self.arch, &mut Ctx::new(Mode::Eval, &mut r))?.logits;
             l.argmax(1)?.to_vec1::<u32>()?;
         }
         for ((_, v), t) in self.store.buffers().iter().zip(saved) {

@@ -8,7 +8,7 @@ use crate::config::{Config, Resolved};
 use crate::data::{self, Split};
 use crate::nn::{self, Mode, Store};
 use crate::rng;
-use crate::space::{GroundTruth, Space, Supernet};
+use crate::space::{Ctx, GroundTruth, Space, Supernet};
 use crate::train::evaluate::{self, RecalStream, ValidSet};
 use crate::train::{clip, metrics, schedule, sgd};
 use anyhow::{Context, Result};
@@ -137,7 +137,8 @@ fn evaluate_epoch<S: Space>(
     let mut accs = vec![];
     let mut losses = vec![];
     for (i, arch) in archs.iter().enumerate() {
-        let s = evaluate::score(&parts.net, &parts.store, arch, recal, cfg.eval.bn_recalibration.steps, valid, &[epoch as u64, i as u64], device)
+        let drop_path = parts.net.drop_path(epoch, cfg.train.epochs);
+        let s = evaluate::score(&parts.net, &parts.store, arch, recal, cfg.eval.bn_recalibration.steps, drop_path, valid, &[epoch as u64, i as u64], device)
             .with_context(|| format!("evaluating architecture {} at epoch {epoch}", S::arch_string(arch)))?;
         accs.push(s.accuracy);
         losses.push(s.loss);
@@ -300,8 +301,15 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
             let batch = batch?;
             let arch = parts.space.sample(&mut sample_rng);
             let lr = schedule::cosine(train_cfg.learning_rate, train_cfg.ending_lr, progress.step as usize, total_steps);
-            let logits = parts.net.forward(&batch.images, &arch, Mode::Train)?;
-            let loss = nn::loss::cross_entropy(&logits, &batch.labels, 0.0)?;
+            let mut step_rng = rng::stream(seed, "train-dropout", &[progress.step]);
+            let mut ctx = Ctx { mode: Mode::Train, drop_path: parts.net.drop_path(epoch, epochs), rng: &mut step_rng };
+            let out = parts.net.forward(&batch.images, &arch, &mut ctx)?;
+            let logits = out.logits;
+            let mut loss = nn::loss::cross_entropy(&logits, &batch.labels, 0.0)?;
+            if let Some(aux) = &out.aux_logits {
+                let w = parts.net.aux_weight();
+                loss = (loss + (nn::loss::cross_entropy(aux, &batch.labels, 0.0)? * w)?)?;
+            }
             let mut grads = loss.backward()?;
             let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
             opt.set_lr(lr);

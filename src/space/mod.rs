@@ -38,11 +38,43 @@ pub trait Space: Send + Sync + Sized + 'static {
     fn sample(&self, rng: &mut Rng) -> Self::Arch;
 }
 
+/// What a forward pass needs besides the input: the mode, the drop-path probability, and the
+/// RNG its random masks (dropout, drop-path) come from.
+pub struct Ctx<'a> {
+    pub mode: Mode,
+    /// Drop-path probability for this pass (0 when the space has none).
+    pub drop_path: f64,
+    pub rng: &'a mut Rng,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
+        Self { mode, drop_path: 0.0, rng }
+    }
+}
+
+/// A forward pass's result.
+pub struct Output {
+    pub logits: Tensor,
+    /// Auxiliary-head logits (DARTS, in training mode only).
+    pub aux_logits: Option<Tensor>,
+}
+
 /// A weight-sharing supernet.
 pub trait Supernet {
     type Arch;
     /// Logits of the sampled architecture (only its path runs).
-    fn forward(&self, x: &Tensor, arch: &Self::Arch, mode: Mode) -> Result<Tensor>;
+    fn forward(&self, x: &Tensor, arch: &Self::Arch, ctx: &mut Ctx) -> Result<Output>;
+
+    /// Weight of the auxiliary loss in training (0 without an auxiliary head).
+    fn aux_weight(&self) -> f64 {
+        0.0
+    }
+
+    /// Drop-path probability at `epoch` (1-based) of `epochs` (0 without drop-path).
+    fn drop_path(&self, _epoch: usize, _epochs: usize) -> f64 {
+        0.0
+    }
 }
 
 /// Ground truth scores by architecture, with a description of where they came from.

@@ -4,7 +4,7 @@
 //! [`OPS`] order. Arch string: `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` (edges into node 1, 2, 3).
 //! The archset keeps the 15,284 cells whose output is reachable through non-`none` edges.
 
-use super::{GroundTruth, Space, Supernet};
+use super::{Ctx, GroundTruth, Output, Space, Supernet};
 use crate::config::Nb201Space;
 use crate::nn::{self, init, BatchNorm, Conv2d, ConvParams, Linear, Mode, Path};
 use crate::rng::Rng;
@@ -317,7 +317,8 @@ impl Nb201Net {
 impl Supernet for Nb201Net {
     type Arch = Arch;
 
-    fn forward(&self, x: &Tensor, arch: &Arch, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, arch: &Arch, ctx: &mut Ctx) -> Result<Output> {
+        let mode = ctx.mode;
         let mut h = self.stem_bn.forward(&self.stem.forward(x)?, mode)?;
         for b in &self.blocks {
             h = match b {
@@ -326,7 +327,8 @@ impl Supernet for Nb201Net {
             };
         }
         let h = nn::activation::relu(&self.last_bn.forward(&h, mode)?)?;
-        self.classifier.forward(&nn::pool::global_avg_pool(&h)?)
+        let logits = self.classifier.forward(&nn::pool::global_avg_pool(&h)?)?;
+        Ok(Output { logits, aux_logits: None })
     }
 }
 

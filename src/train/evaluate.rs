@@ -2,7 +2,8 @@
 
 use crate::data::{self, Augment, ImageSet};
 use crate::nn::{self, Mode, Store};
-use crate::space::Supernet;
+use crate::rng;
+use crate::space::{Ctx, Supernet};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub fn score<N: Supernet>(
     arch: &N::Arch,
     recal: &mut RecalStream,
     steps: usize,
+    drop_path: f64,
     valid: &ValidSet,
     key: &[u64],
     device: &Device,
@@ -105,9 +107,13 @@ pub fn score<N: Supernet>(
     let result = (|| -> anyhow::Result<Score> {
         if steps > 0 {
             store.begin_recalibration();
+            // Train mode as in the reference: drop-path active at the current probability,
+            // auxiliary head run (its output unused).
+            let mut r = rng::stream(recal.seed, "recal-dropout", &[recal.consumed]);
             for b in recal.take(steps, device)? {
                 let b = b?;
-                net.forward(&b.images, arch, Mode::Recalibrate)?;
+                let mut ctx = Ctx { mode: Mode::Recalibrate, drop_path, rng: &mut r };
+                net.forward(&b.images, arch, &mut ctx)?;
             }
             store.finish_recalibration()?;
         }
@@ -128,7 +134,9 @@ pub fn score<N: Supernet>(
         );
         for b in it {
             let b = b?;
-            let logits = net.forward(&b.images.detach(), arch, Mode::Eval)?.detach();
+            let mut r = rng::stream(valid.seed, "eval-dropout", key);
+            let mut ctx = Ctx::new(Mode::Eval, &mut r);
+            let logits = net.forward(&b.images.detach(), arch, &mut ctx)?.logits.detach();
             let n = b.labels.dims1()?;
             let loss = nn::loss::cross_entropy(&logits, &b.labels, 0.0)?.to_scalar::<f32>()? as f64;
             let (c, _) = nn::loss::correct_topk(&logits, &b.labels, 1)?;
