@@ -279,7 +279,8 @@ mod tests {
 
     #[test]
     fn undefined_inputs_give_nan() {
-        let metrics: [fn(&[f64], &[f64]) -> f64; 3] = [kendall_tau_b, spearman, pearson];
+        type Metric = fn(&[f64], &[f64]) -> f64;
+        let metrics: [Metric; 3] = [kendall_tau_b, spearman, pearson];
         for f in metrics {
             assert!(f(&[], &[]).is_nan());
             assert!(f(&[1.0], &[2.0]).is_nan());

@@ -81,69 +81,109 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
     Ok(&s.as_slice::<T>()?[start..end])
 }
 
+/// The update's scalars converted to the storage dtype, as torch converts its `alpha`s.
+struct Kernel<T> {
+    lr: T,
+    m: T,
+    wd: T,
+}
+
+impl<T: WithDType> Kernel<T> {
+    /// `d = g + wd * p` with `g` = 0 when there is no gradient, exactly as torch forms it.
+    #[inline(always)]
+    fn d<const G: bool, const W: bool>(&self, g: T, p: T) -> T {
+        let g = if G { g } else { T::from_f64(0.0) };
+        if W {
+            g + self.wd * p
+        } else {
+            g
+        }
+    }
+
+    /// One pass over `dst` (the buffer or the parameter); `grad` is empty without a gradient,
+    /// `other` is the parameter (buffer pass), the buffer (parameter pass with momentum) or empty.
+    // Index loops: the gradient slice is empty when `G` is false, so it cannot be zipped.
+    #[allow(clippy::needless_range_loop)]
+    fn pass<const G: bool, const W: bool>(
+        &self,
+        op: &Fused,
+        dst: &mut [T],
+        grad: &[T],
+        other: &[T],
+    ) {
+        let n = dst.len();
+        let zero = T::from_f64(0.0);
+        // Re-sliced to `n` (lengths were checked by the caller) so the loops need no bounds checks.
+        let grad = if G { &grad[..n] } else { grad };
+        let g = |i: usize| if G { grad[i] } else { zero };
+        match op.pass {
+            Pass::Buf { first } => {
+                let p = &other[..n];
+                if first {
+                    for i in 0..n {
+                        dst[i] = self.d::<G, W>(g(i), p[i]);
+                    }
+                } else {
+                    for i in 0..n {
+                        dst[i] = self.m * dst[i] + self.d::<G, W>(g(i), p[i]);
+                    }
+                }
+            }
+            Pass::Param if op.c.momentum == 0.0 => {
+                for i in 0..n {
+                    let p = dst[i];
+                    dst[i] = p - self.lr * self.d::<G, W>(g(i), p);
+                }
+            }
+            Pass::Param if op.c.nesterov => {
+                let buf = &other[..n];
+                for i in 0..n {
+                    let p = dst[i];
+                    dst[i] = p - self.lr * (self.d::<G, W>(g(i), p) + self.m * buf[i]);
+                }
+            }
+            Pass::Param => {
+                let buf = &other[..n];
+                for i in 0..n {
+                    dst[i] -= self.lr * buf[i];
+                }
+            }
+        }
+    }
+}
+
 impl Fused {
     fn run<T: WithDType>(&self, dst: &mut [T], srcs: &[&[T]]) -> Result<()> {
         let n = dst.len();
         if srcs.iter().any(|s| s.len() != n) {
             candle_core::bail!("sgd: operand lengths differ");
         }
-        let (grad, rest) = if self.grad {
+        let (grad, rest): (&[T], &[&[T]]) = if self.grad {
             match srcs.split_first() {
-                Some((g, rest)) => (Some(*g), rest),
+                Some((g, rest)) => (g, rest),
                 None => candle_core::bail!("sgd: missing gradient operand"),
             }
         } else {
-            (None, srcs)
+            (&[], srcs)
         };
-        let lr = T::from_f64(self.c.lr);
-        let m = T::from_f64(self.c.momentum);
-        let wd = T::from_f64(self.c.weight_decay);
-        let use_wd = self.c.weight_decay != 0.0;
-        let zero = T::from_f64(0.0);
-        // d_i from the gradient and the parameter value, exactly as torch forms it.
-        let d = |i: usize, p: T| -> T {
-            let g = grad.map_or(zero, |g| g[i]);
-            if use_wd {
-                g + wd * p
-            } else {
-                g
-            }
+        let other: &[T] = match (self.pass, self.c.momentum != 0.0) {
+            // The parameter pass without momentum reads nothing besides the gradient.
+            (Pass::Param, false) => &[],
+            _ => rest
+                .first()
+                .ok_or_else(|| candle_core::Error::Msg("sgd: missing operand".into()))?,
         };
-        match self.pass {
-            Pass::Buf { first } => {
-                let p = rest
-                    .first()
-                    .ok_or_else(|| candle_core::Error::Msg("sgd: missing parameter".into()))?;
-                if first {
-                    for (i, b) in dst.iter_mut().enumerate() {
-                        *b = d(i, p[i]);
-                    }
-                } else {
-                    for (i, b) in dst.iter_mut().enumerate() {
-                        *b = m * *b + d(i, p[i]);
-                    }
-                }
-            }
-            Pass::Param => {
-                if self.c.momentum == 0.0 {
-                    for (i, p) in dst.iter_mut().enumerate() {
-                        *p = *p - lr * d(i, *p);
-                    }
-                } else {
-                    let buf = rest
-                        .first()
-                        .ok_or_else(|| candle_core::Error::Msg("sgd: missing buffer".into()))?;
-                    if self.c.nesterov {
-                        for (i, p) in dst.iter_mut().enumerate() {
-                            *p = *p - lr * (d(i, *p) + m * buf[i]);
-                        }
-                    } else {
-                        for (p, &b) in dst.iter_mut().zip(buf.iter()) {
-                            *p = *p - lr * b;
-                        }
-                    }
-                }
-            }
+        let k = Kernel {
+            lr: T::from_f64(self.c.lr),
+            m: T::from_f64(self.c.momentum),
+            wd: T::from_f64(self.c.weight_decay),
+        };
+        // Monomorphised per (gradient present, weight decay on) so the loops carry no branches.
+        match (self.grad, self.c.weight_decay != 0.0) {
+            (true, true) => k.pass::<true, true>(self, dst, grad, other),
+            (true, false) => k.pass::<true, false>(self, dst, grad, other),
+            (false, true) => k.pass::<false, true>(self, dst, grad, other),
+            (false, false) => k.pass::<false, false>(self, dst, grad, other),
         }
         Ok(())
     }
