@@ -1,7 +1,7 @@
 //! The command line: parses arguments and calls `run`; prints nothing else.
 
 use crate::config;
-use crate::run::{dir::RunDir, execute, records::Summary};
+use crate::run::{diff, dir::RunDir, execute, records::Summary, report, show};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth")]
+#[command(
+    name = "runner",
+    version,
+    about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth"
+)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -68,6 +72,42 @@ pub enum Command {
         #[arg(long)]
         no_pytorch: bool,
     },
+    /// Compare run folders (or sweep folders, point by point): the params that differ and the
+    /// metrics in DVC's layout `Path Metric Old New Change`; each folder against the first.
+    Diff {
+        /// Two or more run folders, or two or more sweep folders.
+        #[arg(required = true, num_args = 2..)]
+        folders: Vec<PathBuf>,
+        /// Also list unchanged params and metrics.
+        #[arg(long)]
+        all: bool,
+        /// Significant digits of metric values.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=17))]
+        precision: u16,
+        #[arg(long, group = "format")]
+        json: bool,
+        /// Markdown tables.
+        #[arg(long, group = "format")]
+        md: bool,
+        /// One CSV table (`Path[,Point],Kind,Name,Old,New,Change`).
+        #[arg(long, group = "format")]
+        csv: bool,
+    },
+    /// Print a run folder's summary (evaluations over epochs) or a sweep folder's points.
+    Show {
+        dir: PathBuf,
+        /// Sort rows by this metric (a run: `kendall_tau`, `epoch`, ...; a sweep:
+        /// `kendall_tau`, `final_train_loss`, ...).
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        /// `asc` or `desc` (missing values always last).
+        #[arg(long, default_value = "asc", requires = "sort")]
+        sort_order: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// (Re)write `report.html` of a run folder.
+    Report { dir: PathBuf },
 }
 
 /// Where log lines go besides stderr once the run folder is known.
@@ -98,53 +138,47 @@ fn init_logging() {
     use tracing_subscriber::{fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let file = fmt::layer().with_writer(|| LogWriter).with_ansi(false).with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into())
+    let file = fmt::layer()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init();
 }
 
 /// The final table on stdout.
 pub fn summary_table(s: &Summary, folder: &std::path::Path) -> String {
-    let mut t = String::new();
-    t.push_str(&format!("run        {}\n", folder.display()));
-    t.push_str(&format!("space      {}   epochs {}   steps {}   unsampled params: {}\n", s.space, s.epochs, s.steps, s.unsampled));
-    if let Some(gt) = &s.ground_truth {
-        t.push_str(&format!("truth      {gt}\n"));
-    }
-    t.push_str(&format!("train      loss {}   accuracy {}\n", fmt_opt(s.final_train_loss), fmt_opt(s.final_train_accuracy)));
-    t.push_str("\n epoch  archs  mean acc  kendall  spearman  pearson  top-k\n");
-    for e in &s.history {
-        t.push_str(&format!(
-            "{:>6} {:>6} {:>9.4} {:>8} {:>9} {:>8} {:>6}\n",
-            e.epoch,
-            e.num_archs,
-            e.mean_accuracy,
-            fmt_opt(e.kendall_tau),
-            fmt_opt(e.spearman),
-            fmt_opt(e.pearson),
-            fmt_opt(e.top_k_overlap)
-        ));
-    }
-    if let Some(f) = s.tau_fraction_of_noise_ceiling {
-        t.push_str(&format!("\nkendall tau = {:.1}% of the ground truth's seed-to-seed tau\n", f * 100.0));
-    }
-    t
+    crate::run::show::summary_text(s, folder)
 }
 
 fn run(args: RunArgs) -> Result<()> {
     let file = args.file.context("an experiment file is required")?;
     let resolved = config::load(&file, &args.sets)?;
     let cfg = &resolved.config;
-    let dir = RunDir::open(&cfg.experiment.output, &cfg.experiment.name, &resolved.hash, args.fresh, cfg.experiment.allow_outside_output)?;
+    let dir = RunDir::open(
+        &cfg.experiment.output,
+        &cfg.experiment.name,
+        &resolved.hash,
+        args.fresh,
+        cfg.experiment.allow_outside_output,
+    )?;
     let log_path = dir.file("run.log");
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
     if let Ok(mut g) = LOG_FILE.lock() {
         *g = Some(f);
     }
-    tracing::info!("runner {} -> {}", env!("CARGO_PKG_VERSION"), dir.path.display());
+    tracing::info!(
+        "runner {} -> {}",
+        env!("CARGO_PKG_VERSION"),
+        dir.path.display()
+    );
     let outcome = execute::execute(&resolved, &dir)?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
@@ -168,15 +202,89 @@ pub fn main() -> i32 {
             }
             Ok(())
         })(),
-        Some(Command::Bench { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, no_pytorch }) => (|| -> Result<()> {
+        Some(Command::Bench {
+            channels,
+            cells,
+            batch,
+            recal_steps,
+            recal_batch,
+            valid_images,
+            eval_batch,
+            repeats,
+            rounds,
+            no_pytorch,
+        }) => (|| -> Result<()> {
             let threads = candle_core::utils::get_num_threads();
             let python = std::env::var("RUNNER_BENCH_PYTHON").unwrap_or_else(|_| {
-                if crate::run::bench::has_torch("python3") { "python3".into() } else { "/usr/bin/python3".into() }
+                if crate::run::bench::has_torch("python3") {
+                    "python3".into()
+                } else {
+                    "/usr/bin/python3".into()
+                }
             });
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
-            let pytorch_script = (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python)).then_some(script);
-            let args = crate::run::bench::BenchArgs { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, threads, pytorch_script, python };
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
+            let pytorch_script =
+                (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python))
+                    .then_some(script);
+            let args = crate::run::bench::BenchArgs {
+                channels,
+                cells,
+                batch,
+                recal_steps,
+                recal_batch,
+                valid_images,
+                eval_batch,
+                repeats,
+                rounds,
+                threads,
+                pytorch_script,
+                python,
+            };
             print!("{}", crate::run::bench::bench(&args)?);
+            Ok(())
+        })(),
+        Some(Command::Diff {
+            folders,
+            all,
+            precision,
+            json,
+            md,
+            csv,
+        }) => (|| -> Result<()> {
+            let format = if json {
+                diff::Format::Json
+            } else if md {
+                diff::Format::Markdown
+            } else if csv {
+                diff::Format::Csv
+            } else {
+                diff::Format::Table
+            };
+            let inputs: Vec<diff::Input> = folders.into_iter().map(diff::Input::new).collect();
+            print!(
+                "{}",
+                diff::diff(&inputs, all)?.render(format, precision as usize)?
+            );
+            Ok(())
+        })(),
+        Some(Command::Show {
+            dir,
+            sort,
+            sort_order,
+            json,
+        }) => (|| -> Result<()> {
+            let opts = show::ShowOptions {
+                sort,
+                order: show::parse_order(&sort_order)?,
+                json,
+            };
+            print!("{}", show::show(&dir, &dir.display().to_string(), &opts)?);
+            Ok(())
+        })(),
+        Some(Command::Report { dir }) => (|| -> Result<()> {
+            report::write_report(&dir)?;
+            println!("{}", dir.join("report.html").display());
             Ok(())
         })(),
         None => run(cli.run),
