@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "runner",
-    version,
-    about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth"
-)]
+#[command(name = "runner", version, about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth")]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -138,15 +134,8 @@ fn init_logging() {
     use tracing_subscriber::{fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let file = fmt::layer()
-        .with_writer(|| LogWriter)
-        .with_ansi(false)
-        .with_target(false);
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(stderr)
-        .with(file)
-        .try_init();
+    let file = fmt::layer().with_writer(|| LogWriter).with_ansi(false).with_target(false);
+    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
 }
 
 /// The final table on stdout.
@@ -158,32 +147,47 @@ fn run(args: RunArgs) -> Result<()> {
     let file = args.file.context("an experiment file is required")?;
     let resolved = config::load(&file, &args.sets)?;
     let cfg = &resolved.config;
-    let dir = RunDir::open(
-        &cfg.experiment.output,
-        &cfg.experiment.name,
-        &resolved.hash,
-        args.fresh,
-        cfg.experiment.allow_outside_output,
-    )?;
+    let dir = RunDir::open(&cfg.experiment.output, &cfg.experiment.name, &resolved.hash, args.fresh, cfg.experiment.allow_outside_output)?;
     let log_path = dir.file("run.log");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
     if let Ok(mut g) = LOG_FILE.lock() {
         *g = Some(f);
     }
-    tracing::info!(
-        "runner {} -> {}",
-        env!("CARGO_PKG_VERSION"),
-        dir.path.display()
-    );
+    tracing::info!("runner {} -> {}", env!("CARGO_PKG_VERSION"), dir.path.display());
     let outcome = execute::execute(&resolved, &dir)?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
     }
     print!("{}", summary_table(&outcome.summary, &dir.path));
+    Ok(())
+}
+
+/// `diff`, `show` and `report`: read results folders, print to stdout.
+pub fn results_command(command: Command) -> Result<()> {
+    match command {
+        Command::Diff { folders, all, precision, json, md, csv } => {
+            let format = if json {
+                diff::Format::Json
+            } else if md {
+                diff::Format::Markdown
+            } else if csv {
+                diff::Format::Csv
+            } else {
+                diff::Format::Table
+            };
+            let inputs: Vec<diff::Input> = folders.into_iter().map(diff::Input::new).collect();
+            print!("{}", diff::diff(&inputs, all)?.render(format, precision as usize)?);
+        }
+        Command::Show { dir, sort, sort_order, json } => {
+            let opts = show::ShowOptions { sort, order: show::parse_order(&sort_order)?, json };
+            print!("{}", show::show(&dir, &dir.display().to_string(), &opts)?);
+        }
+        Command::Report { dir } => {
+            report::write_report(&dir)?;
+            println!("{}", dir.join("report.html").display());
+        }
+        other => anyhow::bail!("not a results command: {other:?}"),
+    }
     Ok(())
 }
 
@@ -202,91 +206,18 @@ pub fn main() -> i32 {
             }
             Ok(())
         })(),
-        Some(Command::Bench {
-            channels,
-            cells,
-            batch,
-            recal_steps,
-            recal_batch,
-            valid_images,
-            eval_batch,
-            repeats,
-            rounds,
-            no_pytorch,
-        }) => (|| -> Result<()> {
+        Some(Command::Bench { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, no_pytorch }) => (|| -> Result<()> {
             let threads = candle_core::utils::get_num_threads();
             let python = std::env::var("RUNNER_BENCH_PYTHON").unwrap_or_else(|_| {
-                if crate::run::bench::has_torch("python3") {
-                    "python3".into()
-                } else {
-                    "/usr/bin/python3".into()
-                }
+                if crate::run::bench::has_torch("python3") { "python3".into() } else { "/usr/bin/python3".into() }
             });
-            let script =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
-            let pytorch_script =
-                (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python))
-                    .then_some(script);
-            let args = crate::run::bench::BenchArgs {
-                channels,
-                cells,
-                batch,
-                recal_steps,
-                recal_batch,
-                valid_images,
-                eval_batch,
-                repeats,
-                rounds,
-                threads,
-                pytorch_script,
-                python,
-            };
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
+            let pytorch_script = (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python)).then_some(script);
+            let args = crate::run::bench::BenchArgs { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, threads, pytorch_script, python };
             print!("{}", crate::run::bench::bench(&args)?);
             Ok(())
         })(),
-        Some(Command::Diff {
-            folders,
-            all,
-            precision,
-            json,
-            md,
-            csv,
-        }) => (|| -> Result<()> {
-            let format = if json {
-                diff::Format::Json
-            } else if md {
-                diff::Format::Markdown
-            } else if csv {
-                diff::Format::Csv
-            } else {
-                diff::Format::Table
-            };
-            let inputs: Vec<diff::Input> = folders.into_iter().map(diff::Input::new).collect();
-            print!(
-                "{}",
-                diff::diff(&inputs, all)?.render(format, precision as usize)?
-            );
-            Ok(())
-        })(),
-        Some(Command::Show {
-            dir,
-            sort,
-            sort_order,
-            json,
-        }) => (|| -> Result<()> {
-            let opts = show::ShowOptions {
-                sort,
-                order: show::parse_order(&sort_order)?,
-                json,
-            };
-            print!("{}", show::show(&dir, &dir.display().to_string(), &opts)?);
-            Ok(())
-        })(),
-        Some(Command::Report { dir }) => (|| -> Result<()> {
-            report::write_report(&dir)?;
-            println!("{}", dir.join("report.html").display());
-            Ok(())
-        })(),
+        Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => results_command(command),
         None => run(cli.run),
     };
     match result {
@@ -295,5 +226,35 @@ pub fn main() -> i32 {
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_commands_parse_and_fail_on_bad_folders() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/diff/run_a");
+        let cli = Cli::try_parse_from(["runner", "diff", fixture, fixture, "--md", "--precision", "3"]).unwrap();
+        match &cli.command {
+            Some(Command::Diff { folders, md: true, json: false, precision: 3, .. }) => assert_eq!(folders.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(results_command(cli.command.unwrap()).is_ok());
+        // One format at a time; at least two folders; a precision of at least one digit.
+        assert!(Cli::try_parse_from(["runner", "diff", "a", "b", "--md", "--csv"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "diff", "a"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "diff", "a", "b", "--precision", "0"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "show", "a", "--sort-order", "desc"]).is_err());
+
+        let t = tempfile::tempdir().unwrap();
+        let cli = Cli::try_parse_from(["runner".as_ref(), "diff".as_ref(), fixture.as_ref(), t.path().as_os_str()]).unwrap();
+        let err = format!("{:#}", results_command(cli.command.unwrap()).unwrap_err());
+        assert!(!err.contains('\n') && err.contains(&t.path().display().to_string()) && err.contains("neither a run folder"), "{err}");
+        let cli = Cli::try_parse_from(["runner".as_ref(), "show".as_ref(), t.path().as_os_str()]).unwrap();
+        assert!(results_command(cli.command.unwrap()).is_err());
+        let cli = Cli::try_parse_from(["runner", "show", fixture, "--sort", "kendall_tau", "--sort-order", "sideways"]).unwrap();
+        assert!(format!("{:#}", results_command(cli.command.unwrap()).unwrap_err()).contains("'asc' or 'desc'"));
     }
 }

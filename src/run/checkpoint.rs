@@ -27,25 +27,15 @@ pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result
         .model
         .iter()
         .map(|(k, v)| (format!("model.{k}"), v.clone()))
-        .chain(
-            ck.optim
-                .iter()
-                .map(|(k, v)| (format!("optim.{k}"), v.clone())),
-        )
+        .chain(ck.optim.iter().map(|(k, v)| (format!("optim.{k}"), v.clone())))
         .collect();
-    let bytes =
-        safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
+    let bytes = safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
     super::dir::write_atomic(path, &bytes)
 }
 
 /// Reads a checkpoint, refusing a corrupt file or one written for another configuration.
-pub fn load<P: DeserializeOwned>(
-    path: &Path,
-    hash: &str,
-    device: &Device,
-) -> Result<Checkpoint<P>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Result<Checkpoint<P>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
@@ -75,11 +65,7 @@ pub fn load<P: DeserializeOwned>(
             bail!("checkpoint {}: unexpected tensor {k}", path.display());
         }
     }
-    Ok(Checkpoint {
-        model,
-        optim,
-        progress,
-    })
+    Ok(Checkpoint { model, optim, progress })
 }
 
 #[cfg(test)]
@@ -92,47 +78,20 @@ mod tests {
         let p = t.path().join("latest.safetensors");
         let dev = Device::Cpu;
         let mut model = BTreeMap::new();
-        model.insert(
-            "a.weight".to_string(),
-            Tensor::new(&[1.5f32, -2.0, 3.25], &dev).unwrap(),
-        );
+        model.insert("a.weight".to_string(), Tensor::new(&[1.5f32, -2.0, 3.25], &dev).unwrap());
         let mut optim = BTreeMap::new();
-        optim.insert(
-            "momentum.a.weight".to_string(),
-            Tensor::new(&[0.5f32, 0.0, 1.0], &dev).unwrap(),
-        );
-        save(
-            &p,
-            "h1",
-            &Checkpoint {
-                model,
-                optim,
-                progress: (7usize, "x".to_string()),
-            },
-        )
-        .unwrap();
+        optim.insert("momentum.a.weight".to_string(), Tensor::new(&[0.5f32, 0.0, 1.0], &dev).unwrap());
+        save(&p, "h1", &Checkpoint { model, optim, progress: (7usize, "x".to_string()) }).unwrap();
         let back: Checkpoint<(usize, String)> = load(&p, "h1", &dev).unwrap();
         assert_eq!(back.progress, (7, "x".to_string()));
-        assert_eq!(
-            back.model["a.weight"].to_vec1::<f32>().unwrap(),
-            vec![1.5, -2.0, 3.25]
-        );
-        assert_eq!(
-            back.optim["momentum.a.weight"].to_vec1::<f32>().unwrap(),
-            vec![0.5, 0.0, 1.0]
-        );
-        let err = load::<(usize, String)>(&p, "h2", &dev)
-            .err()
-            .unwrap()
-            .to_string();
+        assert_eq!(back.model["a.weight"].to_vec1::<f32>().unwrap(), vec![1.5, -2.0, 3.25]);
+        assert_eq!(back.optim["momentum.a.weight"].to_vec1::<f32>().unwrap(), vec![0.5, 0.0, 1.0]);
+        let err = load::<(usize, String)>(&p, "h2", &dev).err().unwrap().to_string();
         assert!(err.contains("belongs to config hash \"h1\""), "{err}");
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.truncate(bytes.len() - 5);
         std::fs::write(&p, &bytes).unwrap();
-        let err = load::<(usize, String)>(&p, "h1", &dev)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
         assert!(err.contains("corrupt"), "{err}");
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<(usize, String)>(&p, "h1", &dev).is_err());

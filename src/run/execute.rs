@@ -19,8 +19,7 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("device.kind = \"cuda\" but this runner was built without the `cuda` feature (rebuild with --features cuda, or set device.kind = \"cpu\")");
             }
-            Device::new_cuda(cfg.index)
-                .with_context(|| format!("cannot open CUDA device {}", cfg.index))
+            Device::new_cuda(cfg.index).with_context(|| format!("cannot open CUDA device {}", cfg.index))
         }
         DeviceKind::Auto => Ok(Device::cuda_if_available(cfg.index).unwrap_or(Device::Cpu)),
     }
@@ -29,11 +28,7 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
 /// The folder holding a space's shipped benchmark tables for `eval.ground_truth = "auto"`:
 /// `benchmarks/<kind>` next to the experiment folder, inside it, or under the current folder.
 fn auto_benchmark_dir(resolved: &Resolved, kind: &str) -> Option<PathBuf> {
-    let exp_dir = resolved
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let exp_dir = resolved.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut candidates = vec![];
     for anc in exp_dir.ancestors().take(3) {
         candidates.push(anc.join("benchmarks").join(kind));
@@ -70,8 +65,7 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
     if dataset == "custom" {
         bail!("eval.ground_truth_dataset must name the NB201 table to score against when data.split = \"custom\" (cifar10-valid, cifar10, cifar100 or imagenet-16-120)");
     }
-    let gt = nb201::ground_truth(&dir, dataset)
-        .with_context(|| format!("ground truth in {}", dir.display()))?;
+    let gt = nb201::ground_truth(&dir, dataset).with_context(|| format!("ground truth in {}", dir.display()))?;
     tracing::info!("ground truth: {} ({} archs)", gt.source, gt.scores.len());
     Ok(Some(gt))
 }
@@ -89,16 +83,9 @@ pub fn check(resolved: &Resolved) -> Result<String> {
     match &cfg.space {
         config::Space::Nb201(_) => {
             let space = nb201::Nb201::new();
-            report.push_str(&format!(
-                "space: nb201, archset of {} cells\n",
-                space.archset().map_or(0, |a| a.len())
-            ));
+            report.push_str(&format!("space: nb201, archset of {} cells\n", space.archset().map_or(0, |a| a.len())));
             match nb201_ground_truth(resolved)? {
-                Some(gt) => report.push_str(&format!(
-                    "ground truth: {} ({} archs)\n",
-                    gt.source,
-                    gt.scores.len()
-                )),
+                Some(gt) => report.push_str(&format!("ground truth: {} ({} archs)\n", gt.source, gt.scores.len())),
                 None => report.push_str("ground truth: none (correlations unavailable)\n"),
             }
         }
@@ -118,13 +105,7 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
             let store = Store::new(&device);
             let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
             let net = nb201::Nb201Net::new(&store.root(), sc, data.num_classes, &mut init_rng)?;
-            let parts = Parts {
-                space: nb201::Nb201::new(),
-                net,
-                store,
-                ground_truth,
-                data,
-            };
+            let parts = Parts { space: nb201::Nb201::new(), net, store, ground_truth, data };
             pipeline::run(resolved, parts, dir, &device)
         }
     }

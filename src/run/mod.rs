@@ -1,14 +1,14 @@
 //! Running an experiment: the results folder, checkpoints, the training pipeline, summaries.
 
-pub mod bench;
 pub mod checkpoint;
-pub mod diff;
 pub mod dir;
-pub mod execute;
-pub mod folder;
 pub mod pipeline;
-pub mod plot;
 pub mod records;
+pub mod execute;
+pub mod bench;
+pub mod diff;
+pub mod folder;
+pub mod plot;
 pub mod report;
 pub mod show;
 pub mod table;

@@ -35,10 +35,9 @@ pub struct Parts<S: Space> {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    let style =
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
     pb.set_style(style);
     pb.set_prefix(what.to_string());
     pb
@@ -59,9 +58,7 @@ fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
 /// and any partial line left by a kill.
 fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     let path = dir.file("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -81,11 +78,10 @@ fn eval_archs<S: Space>(space: &S, cfg: &Config) -> Vec<S::Arch> {
     let k = cfg.eval.num_archs;
     match space.archset() {
         Some(set) => {
-            let mut pick: Vec<usize> =
-                data::shuffled(set.len(), cfg.experiment.seed, "eval-archs", &[])
-                    .into_iter()
-                    .take(k)
-                    .collect();
+            let mut pick: Vec<usize> = data::shuffled(set.len(), cfg.experiment.seed, "eval-archs", &[])
+                .into_iter()
+                .take(k)
+                .collect();
             pick.sort_unstable();
             pick.into_iter().map(|i| set[i].clone()).collect()
         }
@@ -96,15 +92,8 @@ fn eval_archs<S: Space>(space: &S, cfg: &Config) -> Vec<S::Arch> {
     }
 }
 
-fn correlate<A: std::hash::Hash + Eq>(
-    archs: &[A],
-    scores: &[f64],
-    gt: Option<&GroundTruth<A>>,
-    frac: f64,
-) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
-    let Some(gt) = gt else {
-        return (0, [None; 4], 0, None);
-    };
+fn correlate<A: std::hash::Hash + Eq>(archs: &[A], scores: &[f64], gt: Option<&GroundTruth<A>>, frac: f64) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
+    let Some(gt) = gt else { return (0, [None; 4], 0, None) };
     let mut x = vec![];
     let mut y = vec![];
     let mut pairs2 = (vec![], vec![]);
@@ -118,24 +107,14 @@ fn correlate<A: std::hash::Hash + Eq>(
             }
         }
     }
-    let k = ((x.len() as f64 * frac).round() as usize)
-        .max(1)
-        .min(x.len());
+    let k = ((x.len() as f64 * frac).round() as usize).max(1).min(x.len());
     let m = [
         finite(metrics::kendall_tau_b(&x, &y)),
         finite(metrics::spearman(&x, &y)),
         finite(metrics::pearson(&x, &y)),
-        if x.is_empty() {
-            None
-        } else {
-            finite(metrics::top_k_overlap(&x, &y, k))
-        },
+        if x.is_empty() { None } else { finite(metrics::top_k_overlap(&x, &y, k)) },
     ];
-    let ceiling = if pairs2.0.len() >= 2 {
-        finite(metrics::kendall_tau_b(&pairs2.0, &pairs2.1))
-    } else {
-        None
-    };
+    let ceiling = if pairs2.0.len() >= 2 { finite(metrics::kendall_tau_b(&pairs2.0, &pairs2.1)) } else { None };
     (x.len(), m, k, ceiling)
 }
 
@@ -160,23 +139,8 @@ fn evaluate_epoch<S: Space>(
     let mut losses = vec![];
     for (i, arch) in archs.iter().enumerate() {
         let drop_path = parts.net.drop_path(epoch, cfg.train.epochs);
-        let s = evaluate::score(
-            &parts.net,
-            &parts.store,
-            arch,
-            recal,
-            cfg.eval.bn_recalibration.steps,
-            drop_path,
-            valid,
-            &[epoch as u64, i as u64],
-            device,
-        )
-        .with_context(|| {
-            format!(
-                "evaluating architecture {} at epoch {epoch}",
-                S::arch_string(arch)
-            )
-        })?;
+        let s = evaluate::score(&parts.net, &parts.store, arch, recal, cfg.eval.bn_recalibration.steps, drop_path, valid, &[epoch as u64, i as u64], device)
+            .with_context(|| format!("evaluating architecture {} at epoch {epoch}", S::arch_string(arch)))?;
         accs.push(s.accuracy);
         losses.push(s.loss);
         pb.inc(1);
@@ -185,19 +149,11 @@ fn evaluate_epoch<S: Space>(
     let gt = parts.ground_truth.as_ref();
     let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth\n");
     for ((a, acc), loss) in archs.iter().zip(&accs).zip(&losses) {
-        let g = gt
-            .and_then(|g| g.scores.get(a))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        csv.push_str(&format!(
-            "{},{},{acc},{loss},{g}\n",
-            csv_field(&S::encode(a).to_string()),
-            csv_field(&S::arch_string(a))
-        ));
+        let g = gt.and_then(|g| g.scores.get(a)).map(|v| v.to_string()).unwrap_or_default();
+        csv.push_str(&format!("{},{},{acc},{loss},{g}\n", csv_field(&S::encode(a).to_string()), csv_field(&S::arch_string(a))));
     }
     dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
-    let (n_gt, [tau, rho, r, topk], k, ceiling) =
-        correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
+    let (n_gt, [tau, rho, r, topk], k, ceiling) = correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
     let n = accs.len().max(1) as f64;
     let rec = EvalRecord {
         epoch,
@@ -232,24 +188,15 @@ fn param_vars(store: &Store) -> Vec<Var> {
 }
 
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
-pub fn run<S: Space>(
-    resolved: &Resolved,
-    parts: Parts<S>,
-    dir: &RunDir,
-    device: &Device,
-) -> Result<Outcome> {
+pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device: &Device) -> Result<Outcome> {
     let cfg = &resolved.config;
     let seed = cfg.experiment.seed;
     let latest = dir.file("checkpoints/latest.safetensors");
     let summary_path = dir.file("summary.json");
     if summary_path.exists() && latest.exists() {
-        let text = std::fs::read_to_string(&summary_path)
-            .with_context(|| format!("reading {}", summary_path.display()))?;
+        let text = std::fs::read_to_string(&summary_path).with_context(|| format!("reading {}", summary_path.display()))?;
         if let Ok(summary) = serde_json::from_str::<Summary>(&text) {
-            return Ok(Outcome {
-                summary,
-                already_finished: true,
-            });
+            return Ok(Outcome { summary, already_finished: true });
         }
     }
     dir.write("config.toml", resolved.toml.as_bytes())?;
@@ -278,24 +225,14 @@ pub fn run<S: Space>(
     };
     if latest.exists() {
         let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)?;
-        parts
-            .store
-            .load(&ck.model)
-            .with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
-        opt.load_state(&ck.optim)
-            .with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
+        parts.store.load(&ck.model).with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
+        opt.load_state(&ck.optim).with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
         progress = ck.progress;
         truncate_metrics(dir, progress.epoch)?;
-        tracing::info!(
-            "resuming from {} at epoch {} (step {})",
-            latest.display(),
-            progress.epoch,
-            progress.step
-        );
+        tracing::info!("resuming from {} at epoch {} (step {})", latest.display(), progress.epoch, progress.step);
     } else if dir.file("metrics.jsonl").exists() {
         // A run killed before its first checkpoint starts over.
-        std::fs::remove_file(dir.file("metrics.jsonl"))
-            .with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
+        std::fs::remove_file(dir.file("metrics.jsonl")).with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
     }
     let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
 
@@ -329,9 +266,7 @@ pub fn run<S: Space>(
         steps_per_epoch = steps_per_epoch.min(train_cfg.max_steps);
     }
     if steps_per_epoch == 0 {
-        anyhow::bail!(
-            "data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on"
-        );
+        anyhow::bail!("data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on");
     }
     let epochs = train_cfg.epochs;
     let total_steps = epochs * steps_per_epoch;
@@ -343,11 +278,7 @@ pub fn run<S: Space>(
     );
 
     let save = |progress: &Progress, opt: &sgd::Sgd, path: &std::path::Path| -> Result<()> {
-        let ck = Checkpoint {
-            model: parts.store.tensors(),
-            optim: opt.state()?,
-            progress: progress.clone(),
-        };
+        let ck = Checkpoint { model: parts.store.tensors(), optim: opt.state()?, progress: progress.clone() };
         checkpoint::save(path, &resolved.hash, &ck)
     };
 
@@ -367,35 +298,15 @@ pub fn run<S: Space>(
             .map(|i| d.train_indices[i])
             .take(steps_per_epoch * bs)
             .collect();
-        let batches = data::batches(
-            d.train.clone(),
-            order,
-            bs,
-            true,
-            d.train_augment,
-            seed,
-            "train-augment",
-            &[epoch as u64],
-            device,
-            cfg.data.prefetch,
-        );
+        let batches = data::batches(d.train.clone(), order, bs, true, d.train_augment, seed, "train-augment", &[epoch as u64], device, cfg.data.prefetch);
         let pb = bar(steps_per_epoch as u64, &format!("epoch {epoch}/{epochs}"));
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         for batch in batches {
             let batch = batch?;
             let arch = parts.space.sample(&mut sample_rng);
-            let lr = schedule::cosine(
-                train_cfg.learning_rate,
-                train_cfg.ending_lr,
-                progress.step as usize,
-                total_steps,
-            );
+            let lr = schedule::cosine(train_cfg.learning_rate, train_cfg.ending_lr, progress.step as usize, total_steps);
             let mut step_rng = rng::stream(seed, "train-dropout", &[progress.step]);
-            let mut ctx = Ctx {
-                mode: Mode::Train,
-                drop_path: parts.net.drop_path(epoch, epochs),
-                rng: &mut step_rng,
-            };
+            let mut ctx = Ctx { mode: Mode::Train, drop_path: parts.net.drop_path(epoch, epochs), rng: &mut step_rng };
             let out = parts.net.forward(&batch.images, &arch, &mut ctx)?;
             let logits = out.logits;
             let mut loss = nn::loss::cross_entropy(&logits, &batch.labels, 0.0)?;
@@ -404,15 +315,7 @@ pub fn run<S: Space>(
                 loss = (loss + (nn::loss::cross_entropy(aux, &batch.labels, 0.0)? * w)?)?;
             }
             let mut grads = loss.backward()?;
-            let grad_norm = if train_cfg.grad_clip > 0.0 {
-                Some(clip::clip_grad_norm(
-                    &mut grads,
-                    &vars,
-                    train_cfg.grad_clip,
-                )?)
-            } else {
-                None
-            };
+            let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
             opt.set_lr(lr);
             opt.step(&grads)?;
             let loss_v = loss.to_scalar::<f32>()? as f64;
@@ -432,44 +335,21 @@ pub fn run<S: Space>(
             append_metrics(dir, &line)?;
             tb.train_step(progress.step, loss_v, c as f64 / n as f64, lr);
             pb.inc(1);
-            pb.set_message(format!(
-                "loss {:.3} acc {:.3}",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64
-            ));
+            pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
         }
         pb.finish_and_clear();
-        let (tl, ta) = (
-            loss_sum / seen.max(1) as f64,
-            correct as f64 / seen.max(1) as f64,
-        );
+        let (tl, ta) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
         progress.last_train_loss = Some(tl);
         progress.last_train_accuracy = Some(ta);
-        append_metrics(
-            dir,
-            &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}),
-        )?;
+        append_metrics(dir, &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}))?;
         tracing::info!("epoch {epoch}/{epochs}: train loss {tl:.4} acc {ta:.4}");
         progress.epoch = epoch;
         progress.sample_rng = rng::save_state(&sample_rng);
 
         let last = epoch == epochs;
         if epoch % cfg.eval.every == 0 || last {
-            let k = if last {
-                archs.len()
-            } else {
-                cfg.eval.num_archs_intermediate.min(archs.len())
-            };
-            let rec = evaluate_epoch(
-                &parts,
-                cfg,
-                dir,
-                &archs[..k],
-                &mut recal,
-                &valid,
-                epoch,
-                device,
-            )?;
+            let k = if last { archs.len() } else { cfg.eval.num_archs_intermediate.min(archs.len()) };
+            let rec = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
             tb.eval(&rec);
             progress.history.push(rec);
             progress.recal_consumed = recal.consumed;
@@ -491,10 +371,7 @@ pub fn run<S: Space>(
         space: S::KIND.into(),
         epochs,
         steps: progress.step,
-        unsampled: serde_json::to_value(train_cfg.unsampled)?
-            .as_str()
-            .unwrap_or("?")
-            .to_string(),
+        unsampled: serde_json::to_value(train_cfg.unsampled)?.as_str().unwrap_or("?").to_string(),
         ground_truth: parts.ground_truth.as_ref().map(|g| g.source.clone()),
         final_train_loss: progress.last_train_loss,
         final_train_accuracy: progress.last_train_accuracy,
@@ -502,27 +379,13 @@ pub fn run<S: Space>(
         history: progress.history.clone(),
         tau_fraction_of_noise_ceiling: tau_fraction,
     };
-    let final_ck = Checkpoint {
-        model: parts.store.tensors(),
-        optim: Default::default(),
-        progress: progress.clone(),
-    };
-    checkpoint::save(
-        &dir.file("checkpoints/final.safetensors"),
-        &resolved.hash,
-        &final_ck,
-    )?;
+    let final_ck = Checkpoint { model: parts.store.tensors(), optim: Default::default(), progress: progress.clone() };
+    checkpoint::save(&dir.file("checkpoints/final.safetensors"), &resolved.hash, &final_ck)?;
     drop(tb);
     // The report is a view of the results, not a result: failing to draw it does not fail the run.
     if let Err(e) = super::report::write_report_with(&dir.path, Some(&summary)) {
         tracing::warn!("report.html not written: {e:#}");
     }
-    dir.write(
-        "summary.json",
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    Ok(Outcome {
-        summary,
-        already_finished: false,
-    })
+    dir.write("summary.json", serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(Outcome { summary, already_finished: false })
 }

@@ -15,13 +15,7 @@ use std::collections::HashMap;
 use std::io::Read;
 
 /// Candidate ops, in the benchmark's index order.
-pub const OPS: [&str; 5] = [
-    "none",
-    "skip_connect",
-    "nor_conv_1x1",
-    "nor_conv_3x3",
-    "avg_pool_3x3",
-];
+pub const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
 
 /// Edges (from, to) in encoding-key order.
 pub const EDGES: [(usize, usize); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
@@ -80,19 +74,17 @@ impl Arch {
                 .with_context(|| format!("arch string {s:?}: node {to} is not enclosed in '|'"))?;
             let parts: Vec<&str> = node.split('|').collect();
             if parts.len() != to {
-                bail!(
-                    "arch string {s:?}: node {to} has {} inputs, expected {to}",
-                    parts.len()
-                );
+                bail!("arch string {s:?}: node {to} has {} inputs, expected {to}", parts.len());
             }
             for part in parts {
                 let (name, from) = part
                     .split_once('~')
                     .with_context(|| format!("arch string {s:?}: {part:?} lacks '~'"))?;
-                let from: usize =
-                    from.parse().ok().filter(|&f| f < to).with_context(|| {
-                        format!("arch string {s:?}: bad source node in {part:?}")
-                    })?;
+                let from: usize = from
+                    .parse()
+                    .ok()
+                    .filter(|&f| f < to)
+                    .with_context(|| format!("arch string {s:?}: bad source node in {part:?}"))?;
                 let op = OPS
                     .iter()
                     .position(|&o| o == name)
@@ -153,15 +145,11 @@ impl Space for Nb201 {
     }
 
     fn decode(value: &serde_json::Value) -> anyhow::Result<Arch> {
-        let obj = value
-            .as_object()
-            .context("NB201 arch must be a JSON object")?;
+        let obj = value.as_object().context("NB201 arch must be a JSON object")?;
         let mut ops = [0u8; 6];
         for (e, (from, to)) in EDGES.iter().enumerate() {
             let key = format!("{from}_{to}");
-            let v = obj
-                .get(&key)
-                .with_context(|| format!("NB201 arch lacks key {key:?}"))?;
+            let v = obj.get(&key).with_context(|| format!("NB201 arch lacks key {key:?}"))?;
             let op = v
                 .as_u64()
                 .filter(|&o| o < OPS.len() as u64)
@@ -169,10 +157,7 @@ impl Space for Nb201 {
             ops[e] = op as u8;
         }
         if obj.len() != 6 {
-            let extra: Vec<&String> = obj
-                .keys()
-                .filter(|k| !k.contains('_') || k.len() != 3)
-                .collect();
+            let extra: Vec<&String> = obj.keys().filter(|k| !k.contains('_') || k.len() != 3).collect();
             bail!("NB201 arch has unexpected keys {extra:?}");
         }
         Ok(Arch { ops })
@@ -202,23 +187,9 @@ struct ReluConvBn {
 
 impl ReluConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &Path,
-        rng: &mut Rng,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        momentum: f64,
-    ) -> Result<Self> {
+    fn new(p: &Path, rng: &mut Rng, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, momentum: f64) -> Result<Self> {
         let w = init::pytorch_default_weight(rng, &[c_out, c_in, k, k], p.device())?;
-        let params = ConvParams {
-            stride,
-            padding: pad,
-            dilation: 1,
-            groups: 1,
-        };
+        let params = ConvParams { stride, padding: pad, dilation: 1, groups: 1 };
         Ok(Self {
             conv: Conv2d::new(&p.pp("conv"), w, None, params)?,
             bn: BatchNorm::new(&p.pp("bn"), c_out, true, momentum, 1e-5)?,
@@ -280,9 +251,7 @@ struct Reduction {
 impl Reduction {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv_b.forward(&self.conv_a.forward(x, mode)?, mode)?;
-        let s = self
-            .shortcut
-            .forward(&nn::pool::avg_pool2d(x, 2, 2, 0, true)?)?;
+        let s = self.shortcut.forward(&nn::pool::avg_pool2d(x, 2, 2, 0, true)?)?;
         y + s
     }
 }
@@ -309,17 +278,7 @@ impl Nb201Net {
         let m = cfg.bn_momentum;
         let dev = root.device().clone();
         let w = init::pytorch_default_weight(rng, &[c, 3, 3, 3], &dev)?;
-        let stem = Conv2d::new(
-            &root.pp("stem.conv"),
-            w,
-            None,
-            ConvParams {
-                stride: 1,
-                padding: 1,
-                dilation: 1,
-                groups: 1,
-            },
-        )?;
+        let stem = Conv2d::new(&root.pp("stem.conv"), w, None, ConvParams { stride: 1, padding: 1, dilation: 1, groups: 1 })?;
         let stem_bn = BatchNorm::new(&root.pp("stem.bn"), c, true, m, 1e-5)?;
         let mut blocks = vec![];
         let mut c_prev = c;
@@ -331,11 +290,7 @@ impl Nb201Net {
                 let conv_b = ReluConvBn::new(&p.pp("conv_b"), rng, c_s, c_s, 3, 1, 1, m)?;
                 let w = init::pytorch_default_weight(rng, &[c_s, c_prev, 1, 1], &dev)?;
                 let shortcut = Conv2d::new(&p.pp("shortcut"), w, None, ConvParams::default())?;
-                blocks.push(Block::Reduction(Reduction {
-                    conv_a,
-                    conv_b,
-                    shortcut,
-                }));
+                blocks.push(Block::Reduction(Reduction { conv_a, conv_b, shortcut }));
             }
             for _ in 0..cfg.cells_per_stage {
                 let p = root.pp(format!("blocks.{}", blocks.len()));
@@ -355,13 +310,7 @@ impl Nb201Net {
         let w = init::pytorch_default_weight(rng, &[num_classes, c_prev], &dev)?;
         let b = init::pytorch_default_bias(rng, c_prev, num_classes, &dev)?;
         let classifier = Linear::new(&root.pp("classifier"), w, Some(b))?;
-        Ok(Self {
-            stem,
-            stem_bn,
-            blocks,
-            last_bn,
-            classifier,
-        })
+        Ok(Self { stem, stem_bn, blocks, last_bn, classifier })
     }
 }
 
@@ -379,10 +328,7 @@ impl Supernet for Nb201Net {
         }
         let h = nn::activation::relu(&self.last_bn.forward(&h, mode)?)?;
         let logits = self.classifier.forward(&nn::pool::global_avg_pool(&h)?)?;
-        Ok(Output {
-            logits,
-            aux_logits: None,
-        })
+        Ok(Output { logits, aux_logits: None })
     }
 }
 
@@ -393,13 +339,11 @@ impl Supernet for Nb201Net {
 fn read_table(dir: &std::path::Path, name: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
     let plain = dir.join(name);
     if plain.exists() {
-        let text = std::fs::read_to_string(&plain)
-            .with_context(|| format!("reading {}", plain.display()))?;
+        let text = std::fs::read_to_string(&plain).with_context(|| format!("reading {}", plain.display()))?;
         return Ok((plain, text));
     }
     let gz = dir.join(format!("{name}.gz"));
-    let f = std::fs::File::open(&gz)
-        .with_context(|| format!("ground truth table {} (or .gz) not found", plain.display()))?;
+    let f = std::fs::File::open(&gz).with_context(|| format!("ground truth table {} (or .gz) not found", plain.display()))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(f)
         .read_to_string(&mut text)
@@ -408,17 +352,10 @@ fn read_table(dir: &std::path::Path, name: &str) -> anyhow::Result<(std::path::P
 }
 
 /// Rows of a CSV keyed by `arch_index`, the named columns parsed as f64.
-fn read_columns(
-    dir: &std::path::Path,
-    name: &str,
-    cols: &[&str],
-) -> anyhow::Result<HashMap<usize, Vec<f64>>> {
+fn read_columns(dir: &std::path::Path, name: &str, cols: &[&str]) -> anyhow::Result<HashMap<usize, Vec<f64>>> {
     let (path, text) = read_table(dir, name)?;
     let mut rdr = csv::Reader::from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .with_context(|| format!("{}: no header", path.display()))?
-        .clone();
+    let headers = rdr.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
     let find = |c: &str| {
         headers
             .iter()
@@ -426,18 +363,12 @@ fn read_columns(
             .with_context(|| format!("{}: no column {c:?}", path.display()))
     };
     let idx_col = find("arch_index")?;
-    let col_idx: Vec<usize> = cols
-        .iter()
-        .map(|c| find(c))
-        .collect::<anyhow::Result<_>>()?;
+    let col_idx: Vec<usize> = cols.iter().map(|c| find(c)).collect::<anyhow::Result<_>>()?;
     let mut out = HashMap::new();
     for (row, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {}", path.display(), row + 2))?;
         let bad = || format!("{}: row {}: malformed value", path.display(), row + 2);
-        let idx: usize = rec
-            .get(idx_col)
-            .and_then(|v| v.parse().ok())
-            .with_context(bad)?;
+        let idx: usize = rec.get(idx_col).and_then(|v| v.parse().ok()).with_context(bad)?;
         let vals: Vec<f64> = col_idx
             .iter()
             .map(|&c| rec.get(c).and_then(|v| v.trim().parse::<f64>().ok()))
@@ -459,11 +390,8 @@ pub fn read_archs(dir: &std::path::Path) -> anyhow::Result<HashMap<usize, Arch>>
             .get(0)
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("{}: row {}: bad arch_index", path.display(), row + 2))?;
-        let s = rec
-            .get(1)
-            .with_context(|| format!("{}: row {}: no arch_str", path.display(), row + 2))?;
-        let arch = Arch::from_arch_string(s)
-            .with_context(|| format!("{}: row {}", path.display(), row + 2))?;
+        let s = rec.get(1).with_context(|| format!("{}: row {}: no arch_str", path.display(), row + 2))?;
+        let arch = Arch::from_arch_string(s).with_context(|| format!("{}: row {}", path.display(), row + 2))?;
         out.insert(idx, arch);
     }
     Ok(out)
@@ -505,20 +433,10 @@ pub fn ground_truth(dir: &std::path::Path, dataset: &str) -> anyhow::Result<Grou
         other => bail!("no NAS-Bench-201 ground truth for dataset {other:?} (one of cifar10-valid, cifar10, cifar100, imagenet-16-120)"),
     };
     let by_arch = |m: &HashMap<usize, f64>| -> HashMap<Arch, f64> {
-        m.iter()
-            .filter_map(|(i, s)| archs.get(i).map(|a| (*a, *s)))
-            .collect()
+        m.iter().filter_map(|(i, s)| archs.get(i).map(|a| (*a, *s))).collect()
     };
-    let second_seed = if second.is_empty() {
-        None
-    } else {
-        Some(by_arch(&second))
-    };
-    Ok(GroundTruth {
-        scores: by_arch(&scores),
-        source,
-        second_seed,
-    })
+    let second_seed = if second.is_empty() { None } else { Some(by_arch(&second)) };
+    Ok(GroundTruth { scores: by_arch(&scores), source, second_seed })
 }
 
 #[cfg(test)]
@@ -530,16 +448,10 @@ mod tests {
         let s = Nb201::new();
         assert_eq!(s.archset().map(|a| a.len()), Some(15_284));
         // A cell with only `none` into node 3 is excluded; the all-skip cell is included.
-        assert!(!Arch {
-            ops: [1, 1, 0, 1, 0, 0]
-        }
-        .output_reachable());
+        assert!(!Arch { ops: [1, 1, 0, 1, 0, 0] }.output_reachable());
         assert!(Arch { ops: [1; 6] }.output_reachable());
         // Reachable through node 1 only: 0->1 conv, 1->3 skip.
-        assert!(Arch {
-            ops: [3, 0, 0, 0, 1, 0]
-        }
-        .output_reachable());
+        assert!(Arch { ops: [3, 0, 0, 0, 1, 0] }.output_reachable());
     }
 
     #[test]
@@ -550,26 +462,16 @@ mod tests {
         // Edges in key order 0_1 0_2 0_3 1_2 1_3 2_3.
         assert_eq!(a.ops, [4, 2, 2, 1, 1, 1]);
         let j = Nb201::encode(&a);
-        assert_eq!(
-            j.to_string(),
-            r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#
-        );
+        assert_eq!(j.to_string(), r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#);
         assert_eq!(Nb201::decode(&j).unwrap(), a);
         for bad in [
             r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1}"#,
             r#"{"0_1":5,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#,
             r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1,"x":1}"#,
         ] {
-            assert!(
-                Nb201::decode(&serde_json::from_str(bad).unwrap()).is_err(),
-                "{bad}"
-            );
+            assert!(Nb201::decode(&serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
         }
-        for bad in [
-            "|x~0|+|a~0|b~1|+|c~0|d~1|e~2|",
-            "|none~0|",
-            "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",
-        ] {
+        for bad in ["|x~0|+|a~0|b~1|+|c~0|d~1|e~2|", "|none~0|", "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|"] {
             assert!(Arch::from_arch_string(bad).is_err(), "{bad}");
         }
     }
