@@ -27,13 +27,25 @@ struct BnInner {
 impl BatchNorm {
     /// `affine`: learnable weight (init 1) and bias (init 0). Registers itself with the store
     /// for recalibration.
-    pub fn new(path: &Path, channels: usize, affine: bool, momentum: f64, eps: f64) -> Result<Self> {
+    pub fn new(
+        path: &Path,
+        channels: usize,
+        affine: bool,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Self> {
         let _ = (path, channels, affine, momentum, eps);
         todo!("nn-bn helper")
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let _ = (x, mode, &self.inner.weight, &self.inner.bias, &self.inner.running_mean);
+        let _ = (
+            x,
+            mode,
+            &self.inner.weight,
+            &self.inner.bias,
+            &self.inner.running_mean,
+        );
         let _ = (&self.inner.running_var, self.inner.momentum, self.inner.eps);
         todo!("nn-bn helper")
     }

@@ -5,7 +5,13 @@ use candle_core::{Result, Tensor};
 
 /// Average pooling over k x k windows; `count_include_pad = false` divides by the number of
 /// in-bounds elements (PyTorch's `AvgPool2d(count_include_pad=False)`).
-pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize, count_include_pad: bool) -> Result<Tensor> {
+pub fn avg_pool2d(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    count_include_pad: bool,
+) -> Result<Tensor> {
     let _ = (x, k, stride, padding, count_include_pad);
     todo!("nn-bn helper")
 }
