@@ -5,6 +5,10 @@
 //! variable or `--set` argument that set it. figment merges the layers and deserialises the
 //! result; its errors are translated into one-line [`ConfigError`]s using that provenance.
 
+// ConfigError is large (place + key + message strings) but it is built once, on the cold path
+// of reading a configuration; boxing it would only add noise to every constructor.
+#![allow(clippy::result_large_err)]
+
 use super::defaults;
 use super::errors::{one_line, ConfigError, Place};
 use super::schema::Config;
@@ -145,9 +149,10 @@ impl Layers {
             layers.push(set_layer(arg)?);
         }
         let kind = space_kind(&layers, file)?;
-        let Some(defaults) = defaults::for_kind(&kind) else {
-            unreachable!("space_kind only returns kinds listed in SPACE_KINDS")
-        };
+        let defaults = defaults::for_kind(&kind).ok_or_else(|| ConfigError::Invalid {
+            at: Place::Defaults { kind: kind.clone() },
+            message: format!("space kind {kind:?} is listed but has no built-in defaults"),
+        })?;
         let table = toml::Table::try_from(&defaults).map_err(|e| ConfigError::Invalid {
             at: Place::Defaults { kind: kind.clone() },
             message: format!("cannot serialise the defaults: {e}"),
@@ -201,6 +206,9 @@ impl Layers {
         for layer in &self.layers {
             figment = figment.merge(layer.clone());
         }
+        if let Some(defaults) = self.layers.first() {
+            self.check_tables(&defaults.table, &mut Vec::new())?;
+        }
         self.precheck_space(&figment)?;
         let mut config: Config = figment.extract().map_err(|e| self.translate(e))?;
         config.extends = None;
@@ -218,6 +226,35 @@ impl Layers {
             toml,
             hash,
         })
+    }
+
+    /// Every key that is a table in the defaults must be a table in the layer that sets it:
+    /// serde would otherwise accept an array for a struct and complain about `train.0`.
+    fn check_tables(
+        &self,
+        defaults: &toml::Table,
+        prefix: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in defaults {
+            let toml::Value::Table(sub) = value else {
+                continue;
+            };
+            prefix.push(key.clone());
+            let layer = self.layer_of(prefix);
+            if let Some((layer, found)) = layer.and_then(|l| Some((l, lookup(&l.table, prefix)?))) {
+                if !found.is_table() {
+                    return Err(ConfigError::WrongType {
+                        at: place_in(layer, prefix),
+                        key: prefix.join("."),
+                        expected: "a table".into(),
+                        found: found_toml(found),
+                    });
+                }
+            }
+            self.check_tables(sub, prefix)?;
+            prefix.pop();
+        }
+        Ok(())
     }
 
     /// `[space]` deserialises through serde's internally tagged enum, which buffers the table
@@ -249,6 +286,28 @@ impl Layers {
     }
 
     fn resolve_paths(&self, config: &mut Config) -> Result<(), ConfigError> {
+        // An empty path would silently mean "the experiment file's folder".
+        let empty = [
+            (
+                "experiment.output",
+                config.experiment.output.as_os_str().is_empty(),
+            ),
+            ("data.root", config.data.root.as_os_str().is_empty()),
+            (
+                "data.split_file",
+                config
+                    .data
+                    .split_file
+                    .as_ref()
+                    .is_some_and(|p| p.as_os_str().is_empty()),
+            ),
+        ];
+        if let Some((key, _)) = empty.iter().find(|(_, e)| *e) {
+            return Err(ConfigError::Invalid {
+                at: self.place_of_dotted(key),
+                message: format!("{key} must not be empty"),
+            });
+        }
         let resolve = |key: &[&str], p: &Path| normalize(&self.base_dir(key).join(p));
         config.experiment.output = resolve(&["experiment", "output"], &config.experiment.output);
         config.data.root = resolve(&["data", "root"], &config.data.root);
@@ -446,18 +505,15 @@ fn read_chain(
 /// One layer per `RUNNER_<SECTION>__<KEY>` variable. Variables without `__` belong to other
 /// tools (CI runners set `RUNNER_OS`, `RUNNER_TEMP`, ...) and are ignored.
 fn env_layers(env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
-    let mut vars: Vec<&(String, String)> = env
+    let mut vars: Vec<(&String, &str, &String)> = env
         .iter()
-        .filter(|(k, _)| {
-            k.strip_prefix("RUNNER_")
-                .is_some_and(|rest| rest.contains("__"))
-        })
+        .filter_map(|(k, v)| Some((k, k.strip_prefix("RUNNER_")?, v)))
+        .filter(|(_, rest, _)| rest.contains("__"))
         .collect();
     // Sorted so that the merge (and any error) does not depend on the environment's order.
     vars.sort();
     vars.into_iter()
-        .map(|(var, value)| {
-            let rest = &var["RUNNER_".len()..];
+        .map(|(var, rest, value)| {
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             let source = Source::Env { var: var.clone() };
             if path.iter().any(String::is_empty) {
@@ -819,8 +875,9 @@ mod tests {
 
     #[test]
     fn set_values_are_toml_or_plain_strings() {
+        // The file's array is replaced, not extended, by the --set one.
         let r = load_str(
-            MINIMAL,
+            "[space]\nkind = \"nb201\"\n[data]\ntrain = [\"x.bin\"]\n",
             Path::new("/exp/x.toml"),
             &sets(&[
                 "train.epochs=3",
@@ -1161,6 +1218,18 @@ mod tests {
             err,
             "--set extends=b.toml: extends can only be given in an experiment file"
         );
+        assert_eq!(
+            err_of("[space]\nkind = \"nb201\"\n[eval]\nbn_recalibration = [1, 2]\n"),
+            "x.toml:4: eval.bn_recalibration: expected a table, found an array"
+        );
+        assert_eq!(
+            err_of("experiment = []\n[space]\nkind = \"nb201\"\n"),
+            "x.toml:1: experiment: expected a table, found an array"
+        );
+        let err = load_str(MINIMAL, Path::new("x.toml"), &sets(&["data.root="]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--set data.root=: data.root must not be empty");
         let vars = env(&[("RUNNER_EXTENDS__X", "b.toml")]);
         let err = load_from(Path::new("x.toml"), Some(MINIMAL), &[], &vars)
             .unwrap_err()

@@ -3,6 +3,10 @@
 //! Each failure names the dotted key and the place that set its value (`origin`), so the user
 //! edits the right file, variable or `--set`.
 
+// ConfigError is large (place + key + message strings) but it is built once, on the cold path
+// of reading a configuration; boxing it would only add noise to every constructor.
+#![allow(clippy::result_large_err)]
+
 use super::errors::{ConfigError, Place};
 use super::schema::{Config, Dataset, Space};
 use super::suggest;
@@ -217,6 +221,8 @@ mod tests {
     use super::*;
     use crate::config::defaults;
 
+    type Edit = Box<dyn FnOnce(&mut Config)>;
+
     fn at(key: &str) -> Place {
         // Distinct line per key so tests see that the failing key's origin is reported.
         Place::file("x.toml", Some(key.len()))
@@ -235,7 +241,7 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_key_and_place() {
-        let cases: Vec<(Box<dyn FnOnce(&mut Config)>, &str)> = vec![
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|c| c.train.learning_rate = -0.1),
                 "x.toml:19: train.learning_rate must be > 0 (got -0.1)",
