@@ -168,7 +168,10 @@ mod tests {
 
     #[test]
     fn normalisation_matches_torch_bit_for_bit() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/augment_norm.npz");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/augment_norm.npz"
+        );
         let arrays: std::collections::HashMap<String, Tensor> =
             Tensor::read_npz(path).unwrap().into_iter().collect();
         let img: Vec<u8> = arrays["img"].flatten_all().unwrap().to_vec1().unwrap();
@@ -204,11 +207,19 @@ mod tests {
         a.apply_with(&img, 1, 3, 3, &Draws::default(), &mut out);
         assert_eq!(bytes_of(&out), vec![0, 0, 0, 0, 1, 2, 0, 4, 5]);
         // dy = 2, dx = 1: shifted down by one row.
-        let d = Draws { dy: 2, dx: 1, ..Draws::default() };
+        let d = Draws {
+            dy: 2,
+            dx: 1,
+            ..Draws::default()
+        };
         a.apply_with(&img, 1, 3, 3, &d, &mut out);
         assert_eq!(bytes_of(&out), vec![4, 5, 6, 7, 8, 9, 0, 0, 0]);
         // dy = dx = 1 is the identity.
-        let d = Draws { dy: 1, dx: 1, ..Draws::default() };
+        let d = Draws {
+            dy: 1,
+            dx: 1,
+            ..Draws::default()
+        };
         a.apply_with(&img, 1, 3, 3, &d, &mut out);
         assert_eq!(bytes_of(&out), (1..=9).collect::<Vec<_>>());
         // Padding is black before normalisation: with a real mean it is -mean/std, not 0.
@@ -229,11 +240,21 @@ mod tests {
             normalize: plain_unit(),
         };
         let mut out = vec![0f32; 6];
-        let d = Draws { dy: 1, dx: 1, flip: true, ..Draws::default() };
+        let d = Draws {
+            dy: 1,
+            dx: 1,
+            flip: true,
+            ..Draws::default()
+        };
         a.apply_with(&img, 1, 2, 3, &d, &mut out);
         assert_eq!(bytes_of(&out), vec![3, 2, 1, 6, 5, 4]);
         // Crop (dx = 2 shifts left, zero column on the right), then mirror.
-        let d = Draws { dy: 1, dx: 2, flip: true, ..Draws::default() };
+        let d = Draws {
+            dy: 1,
+            dx: 2,
+            flip: true,
+            ..Draws::default()
+        };
         a.apply_with(&img, 1, 2, 3, &d, &mut out);
         assert_eq!(bytes_of(&out), vec![0, 3, 2, 0, 6, 5]);
     }
@@ -249,7 +270,11 @@ mod tests {
         };
         let mut out = vec![0f32; 50];
         // Centre (0, 0): rows [-2, 2) x cols [-2, 2) clipped to [0, 2) x [0, 2).
-        let d = Draws { cut_y: 0, cut_x: 0, ..Draws::default() };
+        let d = Draws {
+            cut_y: 0,
+            cut_x: 0,
+            ..Draws::default()
+        };
         a.apply_with(&img, 2, 5, 5, &d, &mut out);
         for ch in 0..2 {
             for y in 0..5 {
@@ -261,7 +286,11 @@ mod tests {
             }
         }
         // Centre (4, 3): rows [2, 6) -> [2, 5), cols [1, 5).
-        let d = Draws { cut_y: 4, cut_x: 3, ..Draws::default() };
+        let d = Draws {
+            cut_y: 4,
+            cut_x: 3,
+            ..Draws::default()
+        };
         a.apply_with(&img, 2, 5, 5, &d, &mut out);
         let zeros: Vec<(usize, usize)> = (0..25)
             .filter(|i| out[*i] == 0.0)
@@ -271,7 +300,11 @@ mod tests {
         assert_eq!(zeros, want);
         // Odd length 3: half = 1, rows [y-1, y+1).
         let a3 = Augment { cutout: 3, ..a };
-        let d = Draws { cut_y: 2, cut_x: 2, ..Draws::default() };
+        let d = Draws {
+            cut_y: 2,
+            cut_x: 2,
+            ..Draws::default()
+        };
         a3.apply_with(&img, 2, 5, 5, &d, &mut out);
         let zeros: Vec<usize> = (0..25).filter(|i| out[*i] == 0.0).collect();
         assert_eq!(zeros, vec![6, 7, 11, 12]);
@@ -296,7 +329,13 @@ mod tests {
         let flip = r2.random::<f64>() < 0.5;
         let cut_y = r2.random_range(0..32u64) as usize;
         let cut_x = r2.random_range(0..32u64) as usize;
-        let d = Draws { dy, dx, flip, cut_y, cut_x };
+        let d = Draws {
+            dy,
+            dx,
+            flip,
+            cut_y,
+            cut_x,
+        };
         let mut out2 = vec![0f32; img.len()];
         a.apply_with(&img, 3, 32, 32, &d, &mut out2);
         assert_eq!(out1, out2);

@@ -138,8 +138,8 @@ pub fn build(cfg: &config::Data) -> anyhow::Result<Split> {
             names.push(imagenet16::VAL_FILE.to_string());
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let files = locate(&cfg.root, &cfg.split, &names, &IMAGENET16_PLACES)?;
-            let train = concat_files(&files[..10], |p| imagenet16::read(p))?;
-            let val = concat_files(&files[10..], |p| imagenet16::read(p))?;
+            let train = concat_files(&files[..10], imagenet16::read)?;
+            let val = concat_files(&files[10..], imagenet16::read)?;
             let sf = splits::read(&split_file(cfg)?)?;
             let vi = sf.indices("xvalid", val.len())?;
             let ti = all(&train);
@@ -205,23 +205,56 @@ struct Place {
 }
 
 const CIFAR10_PLACES: [Place; 4] = [
-    Place { dir: "cifar-10-batches-py", suffix: "" },
-    Place { dir: "", suffix: "" },
-    Place { dir: "cifar-10-batches-bin", suffix: ".bin" },
-    Place { dir: "", suffix: ".bin" },
+    Place {
+        dir: "cifar-10-batches-py",
+        suffix: "",
+    },
+    Place {
+        dir: "",
+        suffix: "",
+    },
+    Place {
+        dir: "cifar-10-batches-bin",
+        suffix: ".bin",
+    },
+    Place {
+        dir: "",
+        suffix: ".bin",
+    },
 ];
 
 const CIFAR100_PLACES: [Place; 4] = [
-    Place { dir: "cifar-100-python", suffix: "" },
-    Place { dir: "", suffix: "" },
-    Place { dir: "cifar-100-binary", suffix: ".bin" },
-    Place { dir: "", suffix: ".bin" },
+    Place {
+        dir: "cifar-100-python",
+        suffix: "",
+    },
+    Place {
+        dir: "",
+        suffix: "",
+    },
+    Place {
+        dir: "cifar-100-binary",
+        suffix: ".bin",
+    },
+    Place {
+        dir: "",
+        suffix: ".bin",
+    },
 ];
 
 const IMAGENET16_PLACES: [Place; 3] = [
-    Place { dir: "", suffix: "" },
-    Place { dir: "ImageNet16", suffix: "" },
-    Place { dir: "imagenet16", suffix: "" },
+    Place {
+        dir: "",
+        suffix: "",
+    },
+    Place {
+        dir: "ImageNet16",
+        suffix: "",
+    },
+    Place {
+        dir: "imagenet16",
+        suffix: "",
+    },
 ];
 
 /// Finds all `names` in one place; when no place has them all, fails with one line listing the
@@ -229,8 +262,15 @@ const IMAGENET16_PLACES: [Place; 3] = [
 fn locate(root: &Path, split: &str, names: &[&str], places: &[Place]) -> Result<Vec<Found>> {
     let mut best: Option<(usize, Vec<PathBuf>)> = None;
     for place in places {
-        let dir = if place.dir.is_empty() { root.to_path_buf() } else { root.join(place.dir) };
-        let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(format!("{n}{}", place.suffix))).collect();
+        let dir = if place.dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(place.dir)
+        };
+        let paths: Vec<PathBuf> = names
+            .iter()
+            .map(|n| dir.join(format!("{n}{}", place.suffix)))
+            .collect();
         let missing: Vec<PathBuf> = paths.iter().filter(|p| !p.is_file()).cloned().collect();
         if missing.is_empty() {
             return Ok(paths.into_iter().map(Found).collect());
@@ -244,13 +284,25 @@ fn locate(root: &Path, split: &str, names: &[&str], places: &[Place]) -> Result<
     let places: Vec<String> = places
         .iter()
         .map(|p| {
-            let d = if p.dir.is_empty() { root.display().to_string() } else { root.join(p.dir).display().to_string() };
-            if p.suffix.is_empty() { d } else { format!("{d} (*{})", p.suffix) }
+            let d = if p.dir.is_empty() {
+                root.display().to_string()
+            } else {
+                root.join(p.dir).display().to_string()
+            };
+            if p.suffix.is_empty() {
+                d
+            } else {
+                format!("{d} (*{})", p.suffix)
+            }
         })
         .collect();
     Err(anyhow!(
         "data: split `{split}` is incomplete, missing {} (searched {})",
-        missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        missing
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         places.join("; ")
     ))
 }
@@ -272,7 +324,11 @@ fn split_file(cfg: &config::Data) -> Result<PathBuf> {
         anyhow!(
             "data: split `{}` needs {name}; not found at {}",
             cfg.split,
-            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
         )
     })
 }
@@ -315,7 +371,10 @@ fn read_custom(p: &Path, d: Dataset, classes: usize) -> Result<ImageSet> {
     }
     match d {
         Dataset::ImageNet16_120 if is_bin(p) => {
-            bail!("{}: there is no binary ImageNet16 layout; use the pickle batches", p.display())
+            bail!(
+                "{}: there is no binary ImageNet16 layout; use the pickle batches",
+                p.display()
+            )
         }
         Dataset::ImageNet16_120 => imagenet16::read(p),
         _ => read_cifar_file(p, d, classes),
@@ -416,7 +475,10 @@ mod tests {
         assert_eq!(s.num_classes, 10);
         // 40k / 50k are the DARTS protocol: DARTS constants, crop 4 + flip, plain validation.
         assert_eq!(s.train_augment.normalize, Normalize::darts());
-        assert_eq!((s.train_augment.crop_padding, s.train_augment.flip), (4, true));
+        assert_eq!(
+            (s.train_augment.crop_padding, s.train_augment.flip),
+            (4, true)
+        );
         assert_eq!(s.valid_augment, Augment::plain(Normalize::darts()));
         // The second image of batch 3 is record 1 of data_batch_3.bin.
         assert_eq!(s.train.image(5), &records(2, 3, 5)[3073 + 1..]);
@@ -431,10 +493,20 @@ mod tests {
         let s = build(&c).unwrap();
         assert_eq!(s.train.len(), 10);
         assert_eq!(s.train_augment.normalize, Normalize::nb201_cifar10());
-        assert_eq!((s.train_augment.crop_padding, s.train_augment.flip, s.train_augment.cutout), (0, false, 16));
+        assert_eq!(
+            (
+                s.train_augment.crop_padding,
+                s.train_augment.flip,
+                s.train_augment.cutout
+            ),
+            (0, false, 16)
+        );
         assert_eq!(s.valid_augment, Augment::plain(Normalize::nb201_cifar10()));
         c.normalize = NormalizeKind::Darts;
-        assert_eq!(build(&c).unwrap().train_augment.normalize, Normalize::darts());
+        assert_eq!(
+            build(&c).unwrap().train_augment.normalize,
+            Normalize::darts()
+        );
     }
 
     #[test]
@@ -442,19 +514,39 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cifar-10-batches-bin");
         binary_cifar10(&dir, &ALL[..2]);
-        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "50k")).err().unwrap().to_string();
+        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "50k"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!e.contains('\n'), "{e}");
-        for missing in ["data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"] {
-            assert!(e.contains(&dir.join(missing).display().to_string()), "{missing}: {e}");
+        for missing in [
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+            "test_batch.bin",
+        ] {
+            assert!(
+                e.contains(&dir.join(missing).display().to_string()),
+                "{missing}: {e}"
+            );
         }
         assert!(!e.contains("data_batch_1.bin,"), "{e}");
         // 40k does not need the test batch.
-        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "40k")).err().unwrap().to_string();
+        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "40k"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!e.contains("test_batch"), "{e}");
         // A split for another dataset.
-        let e = build(&cfg(Dataset::Cifar100, tmp.path(), "40k")).err().unwrap().to_string();
+        let e = build(&cfg(Dataset::Cifar100, tmp.path(), "40k"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("Cifar10") && e.contains("Cifar100"), "{e}");
-        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "60k")).err().unwrap().to_string();
+        let e = build(&cfg(Dataset::Cifar10, tmp.path(), "60k"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown split `60k`"), "{e}");
     }
 
@@ -475,11 +567,18 @@ mod tests {
         let train: Vec<usize> = (0..80).step_by(2).collect();
         let valid: Vec<usize> = (1..80).step_by(2).collect();
         let json = serde_json::json!({"train": ["train", train], "valid": ["train", valid]});
-        std::fs::write(tmp.path().join("nb201/split-cifar10-valid.txt"), json.to_string()).unwrap();
+        std::fs::write(
+            tmp.path().join("nb201/split-cifar10-valid.txt"),
+            json.to_string(),
+        )
+        .unwrap();
         let s = build(&c).unwrap();
         assert!(Arc::ptr_eq(&s.train, &s.valid));
         assert_eq!(s.train.len(), 80);
-        assert_eq!((s.train_indices.clone(), s.valid_indices.clone()), (train, valid));
+        assert_eq!(
+            (s.train_indices.clone(), s.valid_indices.clone()),
+            (train, valid)
+        );
         // The NB201 quirk: validation images get the training augmentation.
         assert_eq!(s.valid_augment, s.train_augment);
         assert_eq!(s.train_augment.crop_padding, 4);
@@ -489,7 +588,11 @@ mod tests {
 
         // An explicit split file wins; indices beyond the 80 images are refused with its name.
         let bad = tmp.path().join("bad.txt");
-        std::fs::write(&bad, r#"{"train": ["train", [0, 80]], "valid": ["train", [1]]}"#).unwrap();
+        std::fs::write(
+            &bad,
+            r#"{"train": ["train", [0, 80]], "valid": ["train", [1]]}"#,
+        )
+        .unwrap();
         let mut c2 = c.clone();
         c2.split_file = Some(bad.clone());
         let e = build(&c2).err().unwrap().to_string();
@@ -503,7 +606,11 @@ mod tests {
         std::fs::create_dir_all(&py).unwrap();
         std::fs::copy(fixtures().join("cifar100_4_p4.pkl"), py.join("train")).unwrap();
         std::fs::copy(fixtures().join("cifar100_4_p4.pkl"), py.join("test")).unwrap();
-        std::fs::write(tmp.path().join("split-cifar100.txt"), r#"{"xvalid": ["test", [1, 3]], "xtest": ["test", [0, 2]]}"#).unwrap();
+        std::fs::write(
+            tmp.path().join("split-cifar100.txt"),
+            r#"{"xvalid": ["test", [1, 3]], "xtest": ["test", [0, 2]]}"#,
+        )
+        .unwrap();
         let s = build(&cfg(Dataset::Cifar100, tmp.path(), "cifar100")).unwrap();
         assert_eq!(s.num_classes, 100);
         assert_eq!(s.train.labels, vec![42, 7, 99, 0]);
@@ -525,7 +632,10 @@ mod tests {
         assert_eq!(s.num_classes, 120);
         assert_eq!((s.train.height, s.train_augment.crop_padding), (16, 2));
         assert_eq!(s.train_augment.normalize, Normalize::nb201_imagenet16());
-        assert_eq!(s.valid_augment, Augment::plain(Normalize::nb201_imagenet16()));
+        assert_eq!(
+            s.valid_augment,
+            Augment::plain(Normalize::nb201_imagenet16())
+        );
     }
 
     #[test]
@@ -544,7 +654,10 @@ mod tests {
         // Labels beyond the dataset's classes name the file.
         c.valid = vec!["cifar100_4_p4.pkl".into()];
         let e = build(&c).err().unwrap().to_string();
-        assert!(e.contains("cifar100_4_p4.pkl") && e.contains("label 42"), "{e}");
+        assert!(
+            e.contains("cifar100_4_p4.pkl") && e.contains("label 42"),
+            "{e}"
+        );
         // Images of another size name the file.
         c.valid = vec!["imagenet16/val_data".into()];
         let e = build(&c).err().unwrap().to_string();
@@ -552,6 +665,10 @@ mod tests {
         c.valid = vec![];
         assert!(build(&c).err().unwrap().to_string().contains("`valid`"));
         c.valid = vec!["nothing-here.bin".into()];
-        assert!(build(&c).err().unwrap().to_string().contains("nothing-here.bin"));
+        assert!(build(&c)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("nothing-here.bin"));
     }
 }

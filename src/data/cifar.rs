@@ -40,7 +40,7 @@ pub fn parse_binary(
     path: &Path,
 ) -> Result<ImageSet> {
     let rec = layout.header() + IMAGE_BYTES;
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         bail!(
             "{}: {} bytes is not a whole number of {rec}-byte {:?} records ({} complete, {} bytes left over)",
             path.display(),
@@ -225,11 +225,19 @@ mod tests {
         let p = Path::new("cut.bin");
         let e = parse_binary(&good[..good.len() - 5], BinaryLayout::Cifar10, 10, p).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("cut.bin") && msg.contains("15 complete"), "{msg}");
+        assert!(
+            msg.contains("cut.bin") && msg.contains("15 complete"),
+            "{msg}"
+        );
         let mut bad = good.clone();
         bad[3073 * 2] = 10;
-        let msg = parse_binary(&bad, BinaryLayout::Cifar10, 10, p).unwrap_err().to_string();
-        assert!(msg.contains("record 2 of 16") && msg.contains("label 10"), "{msg}");
+        let msg = parse_binary(&bad, BinaryLayout::Cifar10, 10, p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("record 2 of 16") && msg.contains("label 10"),
+            "{msg}"
+        );
         // The same bytes are not whole CIFAR-100 records.
         assert!(parse_binary(&good, BinaryLayout::Cifar100, 100, p).is_err());
         assert!(parse_binary(&[], BinaryLayout::Cifar10, 10, p).is_err());
@@ -238,14 +246,32 @@ mod tests {
     #[test]
     fn pickles_that_are_not_cifar_batches_are_refused() {
         // A dict without `data`.
-        let e = read_pickle(&fixture("py2_p0.pkl"), 10).unwrap_err().to_string();
-        assert!(e.contains("py2_p0.pkl") && e.contains("no `data` key"), "{e}");
-        // `data` of the wrong width (2 x 3072 is right, but the generic fixture has 4 x 6).
-        let e = read_pickle(&fixture("pickle_p2.pkl"), 10).unwrap_err().to_string();
-        assert!(e.contains("pickle_p2.pkl"), "{e}");
+        let e = read_pickle(&fixture("py2_p0.pkl"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("py2_p0.pkl") && e.contains("no `data` key"),
+            "{e}"
+        );
+        // `data` rows of 16x16 images, not 32x32.
+        let e = read_pickle(&fixture("imagenet16/val_data"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("val_data") && e.contains("768 bytes"), "{e}");
+        // A pickle that is not a dict at all.
+        let tmp = tempfile::tempdir().unwrap();
+        let list = tmp.path().join("list.pkl");
+        std::fs::write(&list, b"\x80\x02]q\x00.").unwrap();
+        let e = read_pickle(&list, 10).unwrap_err().to_string();
+        assert!(e.contains("list.pkl") && e.contains("holds a list"), "{e}");
         // A CIFAR-shaped batch whose labels exceed the class count.
-        let e = read_pickle(&fixture("cifar100_4_p4.pkl"), 10).unwrap_err().to_string();
-        assert!(e.contains("cifar100_4_p4.pkl") && e.contains("label 42"), "{e}");
+        let e = read_pickle(&fixture("cifar100_4_p4.pkl"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cifar100_4_p4.pkl") && e.contains("label 42"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub fn class_names(dir: &Path) -> Result<Vec<String>> {
     }
     for c in candidates {
         if c.is_file() {
-            let text = std::fs::read_to_string(&c).with_context(|| format!("reading {}", c.display()))?;
+            let text =
+                std::fs::read_to_string(&c).with_context(|| format!("reading {}", c.display()))?;
             let names: Vec<String> = text
                 .lines()
                 .map(|l| l.trim().to_string())
@@ -88,14 +89,19 @@ pub fn read_folder(dir: &Path) -> Result<ImageFolder> {
         }
         let mut files = Vec::new();
         for e in std::fs::read_dir(&cdir).with_context(|| format!("listing {}", cdir.display()))? {
-            let p = e.with_context(|| format!("listing {}", cdir.display()))?.path();
+            let p = e
+                .with_context(|| format!("listing {}", cdir.display()))?
+                .path();
             let ext = p
                 .extension()
                 .map(|x| x.to_string_lossy().to_ascii_lowercase())
                 .unwrap_or_default();
             match ext.as_str() {
                 "jpg" | "jpeg" => files.push(p),
-                "png" => bail!("{}: PNG images are not supported, convert them to JPEG", p.display()),
+                "png" => bail!(
+                    "{}: PNG images are not supported, convert them to JPEG",
+                    p.display()
+                ),
                 _ => {}
             }
         }
@@ -104,7 +110,10 @@ pub fn read_folder(dir: &Path) -> Result<ImageFolder> {
         paths.extend(files);
     }
     if paths.is_empty() {
-        bail!("{}: no .jpg / .jpeg images in its class folders", dir.display());
+        bail!(
+            "{}: no .jpg / .jpeg images in its class folders",
+            dir.display()
+        );
     }
     let mut images = Vec::new();
     let mut size = None;
@@ -150,7 +159,9 @@ pub fn decode_jpeg(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
         .info()
         .ok_or_else(|| anyhow!("{}: JPEG without a header", path.display()))?;
     let (h, w) = (usize::from(info.height), usize::from(info.width));
-    let channels = dec.get_output_colorspace().map_or(3, |c| c.num_components());
+    let channels = dec
+        .get_output_colorspace()
+        .map_or(3, |c| c.num_components());
     if channels != 3 || hwc.len() != h * w * 3 {
         bail!(
             "{}: decoded to {} bytes with {channels} channels, expected {h}x{w} RGB",
@@ -183,20 +194,33 @@ mod tests {
         r.records()
             .map(|rec| {
                 let rec = rec.unwrap();
-                (rec[0].parse().unwrap(), rec[1].parse().unwrap(), rec[3].to_string())
+                (
+                    rec[0].parse().unwrap(),
+                    rec[1].parse().unwrap(),
+                    rec[3].to_string(),
+                )
             })
             .collect()
     }
 
     /// Mean absolute difference between the binary records and the JPEG folder, matched by the
     /// manifest; also checks the labels agree.
-    fn compare(bin: &ImageSet, folder: &ImageFolder, root: &Path, rows: &[(usize, u32, String)]) -> f64 {
+    fn compare(
+        bin: &ImageSet,
+        folder: &ImageFolder,
+        root: &Path,
+        rows: &[(usize, u32, String)],
+    ) -> f64 {
+        let pos: std::collections::HashMap<&Path, usize> = folder
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (p.as_path(), k))
+            .collect();
         let mut total = 0u64;
         for (rec, label, src) in rows {
-            let k = folder
-                .paths
-                .iter()
-                .position(|p| p == &root.join(src))
+            let k = *pos
+                .get(root.join(src).as_path())
                 .unwrap_or_else(|| panic!("{src} not in the folder"));
             assert_eq!(bin.labels[*rec], *label);
             assert_eq!(folder.set.labels[k], *label, "{src}");
@@ -222,7 +246,12 @@ mod tests {
         // Sorted by class (classes.txt order), then file name.
         assert!(folder.set.labels.windows(2).all(|w| w[0] <= w[1]));
         assert!(folder.paths[0].ends_with("automobile/0873.jpg"));
-        let bin = read_binary(&fixtures().join("cifar10_16.bin"), BinaryLayout::Cifar10, 10).unwrap();
+        let bin = read_binary(
+            &fixtures().join("cifar10_16.bin"),
+            BinaryLayout::Cifar10,
+            10,
+        )
+        .unwrap();
         let rows = manifest(&fixtures().join("cifar10_16.manifest.csv"));
         let mad = compare(&bin, &folder, &root, &rows);
         assert!(mad < 2.0, "mean absolute pixel difference {mad}");
@@ -251,7 +280,10 @@ mod tests {
             let rows = manifest(&shared.join(format!("cifar10-mini/{bin_name}.manifest.csv")));
             assert_eq!(rows.len(), bin.len());
             let mad = compare(&bin, &folder, &root, &rows);
-            println!("{split}: {} images, mean absolute pixel difference {mad:.4}", bin.len());
+            println!(
+                "{split}: {} images, mean absolute pixel difference {mad:.4}",
+                bin.len()
+            );
             assert!(mad < 2.0, "{split}: mean absolute pixel difference {mad}");
         }
     }

@@ -64,7 +64,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn dir() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/imagenet16"))
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/imagenet16"
+        ))
     }
 
     #[test]
@@ -72,10 +75,17 @@ mod tests {
         // gen_cifar.py: batch b has labels [b, 120 if b odd else 121, 1000 - b].
         for b in 1..=10u32 {
             let s = read(&dir().join(format!("train_data_batch_{b}"))).unwrap();
-            let expect = if b % 2 == 1 { vec![b - 1, 119] } else { vec![b - 1] };
+            let expect = if b % 2 == 1 {
+                vec![b - 1, 119]
+            } else {
+                vec![b - 1]
+            };
             assert_eq!(s.labels, expect, "batch {b}");
             assert_eq!(s.images.len(), expect.len() * IMAGE_BYTES);
-            assert_eq!((s.channels, s.height, s.width, s.num_classes), (3, 16, 16, 120));
+            assert_eq!(
+                (s.channels, s.height, s.width, s.num_classes),
+                (3, 16, 16, 120)
+            );
         }
         // The Python-2 style val_data: labels [1,500,2,120,121,3,4,999,5,6,7,8].
         let v = read(&dir().join(VAL_FILE)).unwrap();
@@ -96,8 +106,14 @@ mod tests {
 
     #[test]
     fn cifar_batch_is_not_imagenet16() {
-        let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cifar10_16_py2.pkl"));
+        let p = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cifar10_16_py2.pkl"
+        ));
         let e = read(&p).unwrap_err().to_string();
-        assert!(e.contains("cifar10_16_py2.pkl") && e.contains("3072"), "{e}");
+        assert!(
+            e.contains("cifar10_16_py2.pkl") && e.contains("3072"),
+            "{e}"
+        );
     }
 }

@@ -101,7 +101,10 @@ impl Iterator for BatchIter {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         if self.rx.is_none() {
-            return (usize::from(self.early.is_some()), Some(usize::from(self.early.is_some())));
+            return (
+                usize::from(self.early.is_some()),
+                Some(usize::from(self.early.is_some())),
+            );
         }
         (0, Some(self.remaining + 1))
     }
@@ -219,7 +222,8 @@ pub fn batches(
             for b in 0..num_batches {
                 let end = ((b + 1) * batch_size).min(order.len());
                 let idx = &order[b * batch_size..end];
-                let Some(hb) = host_batch(&set, idx, &augment, seed, &name, &indices, b, &stop) else {
+                let Some(hb) = host_batch(&set, idx, &augment, seed, &name, &indices, b, &stop)
+                else {
                     return;
                 };
                 if tx.send(Ok(hb)).is_err() {
@@ -298,7 +302,18 @@ mod tests {
         let s = set(10);
         let order = shuffled(10, 1, "o", &[]);
         let a = aug();
-        let got = collect(batches(s.clone(), order.clone(), 4, false, a, 11, "train", &[2], &Device::Cpu, 2));
+        let got = collect(batches(
+            s.clone(),
+            order.clone(),
+            4,
+            false,
+            a,
+            11,
+            "train",
+            &[2],
+            &Device::Cpu,
+            2,
+        ));
         // 4 + 4 + 2: the last batch is partial.
         assert_eq!(got.len(), 3);
         assert_eq!(got[2].2, vec![2, 3, 6, 5]);
@@ -310,7 +325,11 @@ mod tests {
             for (k, &i) in idx.iter().enumerate() {
                 let mut want = vec![0f32; n];
                 a.apply(s.image(i), 3, 6, 5, &mut r, &mut want);
-                assert_eq!(&img[k * n..(k + 1) * n], want.as_slice(), "batch {b} image {k}");
+                assert_eq!(
+                    &img[k * n..(k + 1) * n],
+                    want.as_slice(),
+                    "batch {b} image {k}"
+                );
                 assert_eq!(labels[k], s.labels[i]);
             }
         }
@@ -321,7 +340,18 @@ mod tests {
         let s = set(10);
         let order: Vec<usize> = (0..10).rev().collect();
         let run = |prefetch, drop_last| {
-            collect(batches(s.clone(), order.clone(), 3, drop_last, aug(), 5, "t", &[], &Device::Cpu, prefetch))
+            collect(batches(
+                s.clone(),
+                order.clone(),
+                3,
+                drop_last,
+                aug(),
+                5,
+                "t",
+                &[],
+                &Device::Cpu,
+                prefetch,
+            ))
         };
         let a = run(1, false);
         assert_eq!(a, run(4, false));
@@ -331,10 +361,32 @@ mod tests {
         let d = run(2, true);
         assert_eq!(d.len(), 3);
         assert_eq!(d[..], a[..3]);
-        let it = batches(s.clone(), order.clone(), 3, true, aug(), 5, "t", &[], &Device::Cpu, 2);
+        let it = batches(
+            s.clone(),
+            order.clone(),
+            3,
+            true,
+            aug(),
+            5,
+            "t",
+            &[],
+            &Device::Cpu,
+            2,
+        );
         assert_eq!(it.num_batches(), 3);
         // Another seed changes the augmentation, not the labels.
-        let other = collect(batches(s.clone(), order, 3, false, aug(), 6, "t", &[], &Device::Cpu, 1));
+        let other = collect(batches(
+            s.clone(),
+            order,
+            3,
+            false,
+            aug(),
+            6,
+            "t",
+            &[],
+            &Device::Cpu,
+            1,
+        ));
         assert_ne!(other[0].0, a[0].0);
         assert_eq!(other[0].1, a[0].1);
     }
@@ -342,19 +394,45 @@ mod tests {
     #[test]
     fn early_drop_stops_the_worker() {
         let s = set(64);
-        let mut it = batches(s, (0..64).collect(), 1, false, aug(), 1, "t", &[], &Device::Cpu, 1);
+        let mut it = batches(
+            s,
+            (0..64).collect(),
+            1,
+            false,
+            aug(),
+            1,
+            "t",
+            &[],
+            &Device::Cpu,
+            1,
+        );
         assert!(it.next().unwrap().is_ok());
         let stop = it.stop.clone();
         // Returns only after the worker has exited (Drop joins it).
         drop(it);
         assert!(stop.load(Ordering::Relaxed));
-        assert_eq!(Arc::strong_count(&stop), 1, "the worker still holds its handle");
+        assert_eq!(
+            Arc::strong_count(&stop),
+            1,
+            "the worker still holds its handle"
+        );
     }
 
     #[test]
     fn bad_arguments_arrive_as_errors() {
         let s = set(3);
-        let mut it = batches(s.clone(), vec![0, 5], 2, false, aug(), 1, "v", &[], &Device::Cpu, 1);
+        let mut it = batches(
+            s.clone(),
+            vec![0, 5],
+            2,
+            false,
+            aug(),
+            1,
+            "v",
+            &[],
+            &Device::Cpu,
+            1,
+        );
         let e = it.next().unwrap().err().unwrap().to_string();
         assert!(e.contains("entry 1 is image 5"), "{e}");
         assert!(it.next().is_none());
@@ -365,7 +443,18 @@ mod tests {
 
     #[test]
     fn empty_order_yields_nothing() {
-        let mut it = batches(set(3), vec![], 2, false, aug(), 1, "v", &[], &Device::Cpu, 1);
+        let mut it = batches(
+            set(3),
+            vec![],
+            2,
+            false,
+            aug(),
+            1,
+            "v",
+            &[],
+            &Device::Cpu,
+            1,
+        );
         assert!(it.next().is_none());
     }
 }

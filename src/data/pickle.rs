@@ -256,7 +256,10 @@ impl Value {
 
     /// Dictionary lookup by a `str` or `bytes` key equal to `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.as_dict()?.iter().find(|(k, _)| k.key_is(key)).map(|(_, v)| v)
+        self.as_dict()?
+            .iter()
+            .find(|(k, _)| k.key_is(key))
+            .map(|(_, v)| v)
     }
 
     /// Removes and returns the entry `key` of a dictionary (avoids copying large arrays).
@@ -273,7 +276,11 @@ impl Value {
     /// The text keys of a dictionary (for error messages).
     pub fn keys(&self) -> Vec<String> {
         self.as_dict()
-            .map(|d| d.iter().filter_map(|(k, _)| k.key_text().map(|s| s.into_owned())).collect())
+            .map(|d| {
+                d.iter()
+                    .filter_map(|(k, _)| k.key_text().map(|s| s.into_owned()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -636,17 +643,26 @@ impl Machine<'_> {
         if self.stack.len() <= self.floor() {
             return Err(self.err("stack underflow"));
         }
-        self.stack.last().copied().ok_or_else(|| self.err("stack underflow"))
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| self.err("stack underflow"))
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Id>> {
-        let m = self.marks.pop().ok_or_else(|| self.err("no MARK to pop to"))?;
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.err("no MARK to pop to"))?;
         Ok(self.stack.split_off(m.min(self.stack.len())))
     }
 
     fn pairs(&self, items: Vec<Id>) -> Result<Vec<(Id, Id)>> {
-        if items.len() % 2 != 0 {
-            return Err(self.err(format_args!("odd number of items ({}) for key-value pairs", items.len())));
+        if !items.len().is_multiple_of(2) {
+            return Err(self.err(format_args!(
+                "odd number of items ({}) for key-value pairs",
+                items.len()
+            )));
         }
         Ok(items.chunks_exact(2).map(|p| (p[0], p[1])).collect())
     }
@@ -671,7 +687,10 @@ impl Machine<'_> {
         let s = s.trim();
         match s.parse::<i128>() {
             Ok(v) => Ok(int_node(v)),
-            Err(_) => Err(self.err(format_args!("bad or too large integer literal {:?}", truncate(s)))),
+            Err(_) => Err(self.err(format_args!(
+                "bad or too large integer literal {:?}",
+                truncate(s)
+            ))),
         }
     }
 
@@ -917,7 +936,9 @@ impl Machine<'_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Node::Str(module), Node::Str(name)) = (&self.nodes[module], &self.nodes[name]) else {
+                    let (Node::Str(module), Node::Str(name)) =
+                        (&self.nodes[module], &self.nodes[name])
+                    else {
                         return Err(self.err("module and name must be str"));
                     };
                     let node = Node::Global {
@@ -1287,7 +1308,9 @@ fn weight(v: &Value) -> usize {
     let inner = match v {
         Value::BigInt(b) | Value::Bytes(b) => b.len(),
         Value::Str(s) => s.len(),
-        Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => v.iter().map(weight).sum(),
+        Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v) => {
+            v.iter().map(weight).sum()
+        }
         Value::Dict(p) => p.iter().map(|(k, v)| weight(k) + weight(v)).sum(),
         Value::Object(o) => {
             weight(&o.callable)
@@ -1295,7 +1318,10 @@ fn weight(v: &Value) -> usize {
                 + o.kwargs.as_ref().map_or(0, weight)
                 + o.state.as_ref().map_or(0, weight)
                 + o.list_items.iter().map(weight).sum::<usize>()
-                + o.dict_items.iter().map(|(k, v)| weight(k) + weight(v)).sum::<usize>()
+                + o.dict_items
+                    .iter()
+                    .map(|(k, v)| weight(k) + weight(v))
+                    .sum::<usize>()
         }
         Value::Array(a) => a.data.len() + a.shape.len() * 8,
         Value::Global { module, name } => module.len() + name.len(),
@@ -1322,7 +1348,9 @@ fn text_of(v: &Value) -> Option<String> {
 fn raw_of(v: Value) -> std::result::Result<Vec<u8>, Value> {
     match v {
         Value::Bytes(b) => Ok(b),
-        Value::Str(s) if s.chars().all(|c| (c as u32) < 256) => Ok(s.chars().map(|c| c as u8).collect()),
+        Value::Str(s) if s.chars().all(|c| (c as u32) < 256) => {
+            Ok(s.chars().map(|c| c as u8).collect())
+        }
         other => Err(other),
     }
 }
@@ -1332,7 +1360,10 @@ fn rebuild(mut obj: Object) -> std::result::Result<Value, String> {
     let c = &obj.callable;
     if obj.kind == ObjectKind::Reduce && is_global(c, &["_codecs"], "encode") {
         if let Some([Value::Str(s), enc]) = obj.args.as_seq() {
-            let enc = text_of(enc).unwrap_or_default().to_ascii_lowercase().replace('-', "");
+            let enc = text_of(enc)
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .replace('-', "");
             if matches!(enc.as_str(), "latin1" | "iso88591") {
                 if s.chars().any(|ch| ch as u32 > 255) {
                     return Err("_codecs.encode(latin1) of a character beyond latin-1".into());
@@ -1382,7 +1413,10 @@ fn rebuild(mut obj: Object) -> std::result::Result<Value, String> {
         return Ok(Value::Dict(pairs));
     }
     if is_global(c, &["numpy"], "dtype") {
-        if let (Some(code), Some(state)) = (obj.args.as_seq().and_then(|a| a.first()).and_then(text_of), &obj.state) {
+        if let (Some(code), Some(state)) = (
+            obj.args.as_seq().and_then(|a| a.first()).and_then(text_of),
+            &obj.state,
+        ) {
             if let Some(dtype) = DType::parse(&code) {
                 let order = state.as_seq().and_then(|s| s.get(1)).and_then(text_of);
                 let big_endian = order.as_deref() == Some(">") || code.starts_with('>');
@@ -1414,10 +1448,16 @@ fn rebuild(mut obj: Object) -> std::result::Result<Value, String> {
         if let Some(Value::Tuple(st)) = &mut obj.state {
             // ndarray.__setstate__ takes (version, shape, dtype, fortran, data) or the same
             // without the version.
-            let st = if st.len() == 5 { &mut st[1..] } else { &mut st[..] };
+            let st = if st.len() == 5 {
+                &mut st[1..]
+            } else {
+                &mut st[..]
+            };
             if let [shape, Value::DType { dtype, big_endian }, fortran, data] = st {
                 let shape = shape_of(shape)?;
-                let fortran = fortran.as_bool().ok_or("numpy array: fortran flag is not a bool")?;
+                let fortran = fortran
+                    .as_bool()
+                    .ok_or("numpy array: fortran flag is not a bool")?;
                 let raw = raw_of(std::mem::replace(data, Value::None)).map_err(|v| {
                     format!(
                         "numpy array data is a {} (object arrays are not supported)",
@@ -1457,7 +1497,9 @@ fn make_array(
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("numpy shape {shape:?} overflows"))?;
     let size = dtype.size();
-    let need = numel.checked_mul(size).ok_or_else(|| format!("numpy shape {shape:?} overflows"))?;
+    let need = numel
+        .checked_mul(size)
+        .ok_or_else(|| format!("numpy shape {shape:?} overflows"))?;
     if need != data.len() {
         return Err(format!(
             "numpy array of shape {shape:?} and dtype {} needs {need} bytes, the data has {}",
@@ -1529,31 +1571,65 @@ mod tests {
             assert_eq!(keys.len(), 23, "{ctx}");
 
             let u8a = arr(&v, "u8");
-            assert_eq!((u8a.dtype, u8a.shape.clone()), (DType::U8, vec![4, 6]), "{ctx}");
-            assert_eq!(u8a.as_u8().unwrap(), (0..24).collect::<Vec<u8>>().as_slice(), "{ctx}");
+            assert_eq!(
+                (u8a.dtype, u8a.shape.clone()),
+                (DType::U8, vec![4, 6]),
+                "{ctx}"
+            );
+            assert_eq!(
+                u8a.as_u8().unwrap(),
+                (0..24).collect::<Vec<u8>>().as_slice(),
+                "{ctx}"
+            );
             let f4 = arr(&v, "f4");
             assert_eq!((f4.dtype, f4.shape.clone()), (DType::F32, vec![1, 3]));
             assert_eq!(f4.to_f32_vec(), vec![1.5, -2.25, 3.0], "{ctx}");
             let be = arr(&v, "f8be");
             assert_eq!(be.dtype, DType::F64);
             assert_eq!(be.to_f64_vec(), vec![1.0, -0.5, 1e300], "{ctx}");
-            assert_eq!(arr(&v, "i8").to_i64_vec().unwrap(), vec![-3, 0, 1 << 40], "{ctx}");
+            assert_eq!(
+                arr(&v, "i8").to_i64_vec().unwrap(),
+                vec![-3, 0, 1 << 40],
+                "{ctx}"
+            );
             let b1 = arr(&v, "b1");
-            assert_eq!((b1.dtype, b1.to_i64_vec().unwrap()), (DType::Bool, vec![1, 0, 1]));
+            assert_eq!(
+                (b1.dtype, b1.to_i64_vec().unwrap()),
+                (DType::Bool, vec![1, 0, 1])
+            );
             // Fortran-ordered source, read back in C order.
             let f = arr(&v, "i2f");
-            assert_eq!((f.dtype, f.shape.clone()), (DType::I16, vec![2, 3]), "{ctx}");
+            assert_eq!(
+                (f.dtype, f.shape.clone()),
+                (DType::I16, vec![2, 3]),
+                "{ctx}"
+            );
             assert_eq!(f.to_i64_vec().unwrap(), vec![0, 1, 2, 3, 4, 5], "{ctx}");
 
             let s = v.get("f64s").unwrap();
-            assert_eq!(s.as_array().map(|a| (a.dtype, a.shape.len())), Some((DType::F64, 0)));
+            assert_eq!(
+                s.as_array().map(|a| (a.dtype, a.shape.len())),
+                Some((DType::F64, 0))
+            );
             assert_eq!(s.as_f64(), Some(2.5), "{ctx}");
             assert_eq!(v.get("i64s").unwrap().as_i64(), Some(-7), "{ctx}");
 
-            assert_eq!(v.get("bytes").unwrap().as_bytes(), Some(&b"\x00\xffabc\n"[..]), "{ctx}");
+            assert_eq!(
+                v.get("bytes").unwrap().as_bytes(),
+                Some(&b"\x00\xffabc\n"[..]),
+                "{ctx}"
+            );
             assert_eq!(v.get("empty").unwrap().as_bytes(), Some(&b""[..]), "{ctx}");
-            assert_eq!(v.get("bytearray").unwrap().as_bytes(), Some(&b"xy"[..]), "{ctx}");
-            assert_eq!(v.get("text").unwrap().as_str(), Some("h\u{e9}llo \u{2603}\\"), "{ctx}");
+            assert_eq!(
+                v.get("bytearray").unwrap().as_bytes(),
+                Some(&b"xy"[..]),
+                "{ctx}"
+            );
+            assert_eq!(
+                v.get("text").unwrap().as_str(),
+                Some("h\u{e9}llo \u{2603}\\"),
+                "{ctx}"
+            );
             assert_eq!(
                 v.get("tuple"),
                 Some(&Value::Tuple(vec![
@@ -1565,11 +1641,17 @@ mod tests {
                 ])),
                 "{ctx}"
             );
-            let Some(Value::Set(set)) = v.get("set") else { panic!("{ctx}: set") };
+            let Some(Value::Set(set)) = v.get("set") else {
+                panic!("{ctx}: set")
+            };
             let mut set = ints(set);
             set.sort();
             assert_eq!(set, vec![3, 4]);
-            assert_eq!(v.get("frozen"), Some(&Value::FrozenSet(vec![Value::Int(5)])), "{ctx}");
+            assert_eq!(
+                v.get("frozen"),
+                Some(&Value::FrozenSet(vec![Value::Int(5)])),
+                "{ctx}"
+            );
             let mut big = vec![0u8; 9];
             big[8] = 0x40;
             assert_eq!(v.get("big"), Some(&Value::BigInt(big)), "{ctx}");
@@ -1578,7 +1660,11 @@ mod tests {
             assert_eq!(v.get("int255").unwrap().as_i64(), Some(255));
             assert_eq!(v.get("int65535").unwrap().as_i64(), Some(65535));
             let pair = Value::List(vec![Value::Int(1), Value::Int(2)]);
-            assert_eq!(v.get("shared"), Some(&Value::List(vec![pair.clone(), pair])), "{ctx}");
+            assert_eq!(
+                v.get("shared"),
+                Some(&Value::List(vec![pair.clone(), pair])),
+                "{ctx}"
+            );
             assert_eq!(v.get("labels").unwrap().to_i64_vec(), Some(vec![0, 9, 3]));
             let od = v.get("od").unwrap();
             assert_eq!(od.keys(), vec!["a", "b"], "{ctx}");
@@ -1621,7 +1707,10 @@ mod tests {
         assert_eq!(v.get("again"), Some(&l));
         assert_eq!(
             v.get("tuple"),
-            Some(&Value::Tuple(vec![Value::Int(7), Value::Bytes(b"q".to_vec())]))
+            Some(&Value::Tuple(vec![
+                Value::Int(7),
+                Value::Bytes(b"q".to_vec())
+            ]))
         );
     }
 
@@ -1660,7 +1749,10 @@ mod tests {
 
         let e = parse(&py2_array(&[2, 3], b"u1", b'|', false, &[0; 5]), "bad.pkl").unwrap_err();
         let e = e.to_string();
-        assert!(e.starts_with("bad.pkl:") && e.contains("needs 6 bytes") && e.contains("has 5"), "{e}");
+        assert!(
+            e.starts_with("bad.pkl:") && e.contains("needs 6 bytes") && e.contains("has 5"),
+            "{e}"
+        );
         // An unknown dtype leaves an inert object behind instead of guessing.
         let v = parse(&py2_array(&[1], b"c16", b'<', false, &[0; 16]), "c.pkl").unwrap();
         assert_eq!(v.kind(), "object");
@@ -1671,8 +1763,14 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![], "truncated"),
             (b"\x80\x02".to_vec(), "truncated"),
-            (b"\x80\x09.".to_vec(), "byte 0: PROTO (0x80): unsupported protocol 9"),
-            (b"T\xff\xff\xff\x7f".to_vec(), "byte 0: BINSTRING (0x54): needs 2147483647 bytes"),
+            (
+                b"\x80\x09.".to_vec(),
+                "byte 0: PROTO (0x80): unsupported protocol 9",
+            ),
+            (
+                b"T\xff\xff\xff\x7f".to_vec(),
+                "byte 0: BINSTRING (0x54): needs 2147483647 bytes",
+            ),
             (b"T\xff\xff\xff\xff".to_vec(), "negative length"),
             ([&b"\x8e"[..], &[0xff; 8]].concat(), "BINBYTES8"),
             (b"\x95\x00\x10\x00\x00\x00\x00\x00\x00N.".to_vec(), "FRAME"),
@@ -1711,9 +1809,15 @@ mod tests {
         assert_eq!(o.kind, ObjectKind::Reduce);
         assert_eq!(
             o.callable,
-            Value::Global { module: "os".into(), name: "system".into() }
+            Value::Global {
+                module: "os".into(),
+                name: "system".into()
+            }
         );
-        assert_eq!(o.args, Value::Tuple(vec![Value::Bytes(b"rm -rf /".to_vec())]));
+        assert_eq!(
+            o.args,
+            Value::Tuple(vec![Value::Bytes(b"rm -rf /".to_vec())])
+        );
     }
 
     #[test]
@@ -1752,7 +1856,10 @@ mod tests {
     fn truncated_and_corrupted_fixtures_never_panic() {
         let good = std::fs::read(fixture("pickle_p2.pkl")).unwrap();
         for cut in 0..good.len() {
-            assert!(parse(&good[..cut], "cut").is_err(), "prefix of {cut} bytes parsed");
+            assert!(
+                parse(&good[..cut], "cut").is_err(),
+                "prefix of {cut} bytes parsed"
+            );
         }
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(42);
         for _ in 0..3000 {

@@ -35,7 +35,8 @@ impl SplitFile {
 
 /// Reads a split file.
 pub fn read(path: &Path) -> Result<SplitFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&text, &path.display().to_string())
 }
 
@@ -87,7 +88,10 @@ mod tests {
         let e = s.indices("train", 4).unwrap_err().to_string();
         assert!(e.contains("split-x.txt") && e.contains("index 4"), "{e}");
         let e = s.indices("xvalid", 9).unwrap_err().to_string();
-        assert!(e.contains("no `xvalid`") && e.contains("bare, train, valid"), "{e}");
+        assert!(
+            e.contains("no `xvalid`") && e.contains("bare, train, valid"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -105,7 +109,10 @@ mod tests {
 
     #[test]
     fn imagenet16_fixture_split_reads() {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/imagenet16/split-imagenet-16-120.txt");
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/imagenet16/split-imagenet-16-120.txt"
+        );
         let s = read(Path::new(p)).unwrap();
         assert_eq!(s.indices("xvalid", 9).unwrap(), vec![0, 2, 4, 6, 8]);
         assert_eq!(s.indices("xtest", 9).unwrap(), vec![1, 3, 5, 7]);
