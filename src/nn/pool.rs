@@ -1,22 +1,446 @@
 //! Max and average pooling with padding, with backward (candle's lack both).
-//! TODO(helper nn-bn): CPU custom ops; composite fallback elsewhere.
+//!
+//! On the CPU each is a custom op over NCHW planes; other devices build the same function from
+//! candle's differentiable ops (strided window gathers with `index_select`). Output size is
+//! `floor((H + 2p - k) / s) + 1` (PyTorch's `ceil_mode = False`).
 
-use candle_core::{Result, Tensor};
+use super::host::{cpu_tensor, f32_data, is_cpu_f32, nchw, with_f32};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Average pooling over k x k windows; `count_include_pad = false` divides by the number of
 /// in-bounds elements (PyTorch's `AvgPool2d(count_include_pad=False)`).
-pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize, count_include_pad: bool) -> Result<Tensor> {
-    let _ = (x, k, stride, padding, count_include_pad);
-    todo!("nn-bn helper")
+pub fn avg_pool2d(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    count_include_pad: bool,
+) -> Result<Tensor> {
+    let op = Pool::new(k, stride, padding, Kind::Avg { count_include_pad })?;
+    if is_cpu_f32(x) {
+        x.apply_op1(op)
+    } else {
+        avg_pool2d_fallback(x, k, stride, padding, count_include_pad)
+    }
 }
 
 /// Max pooling with implicit -inf padding; the gradient goes to the first maximum.
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    let _ = (x, k, stride, padding);
-    todo!("nn-bn helper")
+    let op = Pool::new(k, stride, padding, Kind::Max)?;
+    if is_cpu_f32(x) {
+        x.apply_op1(op)
+    } else {
+        max_pool2d_fallback(x, k, stride, padding)
+    }
 }
 
 /// Mean over the spatial axes: (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(3)?.mean(2)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Max,
+    Avg { count_include_pad: bool },
+}
+
+/// One output position's window along one axis: the in-bounds input range and the length the
+/// window has when padded positions are counted.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    start: usize,
+    end: usize,
+    padded_len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pool {
+    k: usize,
+    stride: usize,
+    padding: usize,
+    kind: Kind,
+}
+
+impl Pool {
+    fn new(k: usize, stride: usize, padding: usize, kind: Kind) -> Result<Self> {
+        if k == 0 || stride == 0 {
+            bail!("pooling needs a kernel and stride of at least 1 (got k={k}, stride={stride})");
+        }
+        // PyTorch's rule; it also guarantees that every window holds an in-bounds element.
+        if 2 * padding > k {
+            bail!("pooling padding {padding} exceeds half the kernel size {k}");
+        }
+        Ok(Self {
+            k,
+            stride,
+            padding,
+            kind,
+        })
+    }
+
+    /// Windows along an axis of length `len`.
+    fn windows(&self, len: usize) -> Result<Vec<Window>> {
+        let (k, s, p) = (self.k, self.stride, self.padding);
+        if len == 0 {
+            bail!("pooling: empty spatial axis");
+        }
+        if len + 2 * p < k {
+            bail!("pooling: input size {len} with padding {p} is smaller than the kernel {k}");
+        }
+        let out = (len + 2 * p - k) / s + 1;
+        Ok((0..out)
+            .map(|o| {
+                // Coordinates in the padded frame, then clipped to the input.
+                let lo = o * s;
+                let hi = (lo + k).min(len + 2 * p);
+                Window {
+                    start: lo.saturating_sub(p).min(len),
+                    end: hi.saturating_sub(p).min(len),
+                    padded_len: hi - lo,
+                }
+            })
+            .collect())
+    }
+
+    fn divisor(&self, r: &Window, c: &Window) -> f32 {
+        match self.kind {
+            Kind::Avg {
+                count_include_pad: true,
+            } => (r.padded_len * c.padded_len) as f32,
+            _ => ((r.end - r.start) * (c.end - c.start)) as f32,
+        }
+    }
+
+    /// Index within the plane of the first maximum of a window (scan order: rows, then
+    /// columns); NaN wins like in PyTorch's kernel.
+    fn argmax(plane: &[f32], width: usize, r: &Window, c: &Window) -> usize {
+        let mut best = r.start * width + c.start;
+        let mut best_v = f32::NEG_INFINITY;
+        for h in r.start..r.end {
+            let row = &plane[h * width..(h + 1) * width];
+            for (w, &v) in row.iter().enumerate().take(c.end).skip(c.start) {
+                if v > best_v || v.is_nan() {
+                    best_v = v;
+                    best = h * width + w;
+                }
+            }
+        }
+        best
+    }
+
+    fn forward_planes(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+        let (n, c, h, w) = dims;
+        let rows = self.windows(h)?;
+        let cols = self.windows(w)?;
+        let plane_in = h * w;
+        let mut y = Vec::with_capacity(n * c * rows.len() * cols.len());
+        for plane in x.chunks_exact(plane_in.max(1)).take(n * c) {
+            for r in &rows {
+                for cw in &cols {
+                    let v = match self.kind {
+                        Kind::Max => plane[Self::argmax(plane, w, r, cw)],
+                        Kind::Avg { .. } => {
+                            let mut sum = 0f32;
+                            for hh in r.start..r.end {
+                                sum += plane[hh * w + cw.start..hh * w + cw.end]
+                                    .iter()
+                                    .sum::<f32>();
+                            }
+                            sum / self.divisor(r, cw)
+                        }
+                    };
+                    y.push(v);
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    fn backward_planes(
+        &self,
+        x: &[f32],
+        g: &[f32],
+        dims: (usize, usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        let (n, c, h, w) = dims;
+        let rows = self.windows(h)?;
+        let cols = self.windows(w)?;
+        let plane_in = h * w;
+        let plane_out = rows.len() * cols.len();
+        let mut dx = vec![0f32; n * c * plane_in];
+        for ((dplane, xplane), gplane) in dx
+            .chunks_exact_mut(plane_in.max(1))
+            .zip(x.chunks_exact(plane_in.max(1)))
+            .zip(g.chunks_exact(plane_out.max(1)))
+        {
+            let mut go = gplane.iter();
+            for r in &rows {
+                for cw in &cols {
+                    let gv = go.next().copied().unwrap_or(0.0);
+                    match self.kind {
+                        Kind::Max => dplane[Self::argmax(xplane, w, r, cw)] += gv,
+                        Kind::Avg { .. } => {
+                            let share = gv / self.divisor(r, cw);
+                            for hh in r.start..r.end {
+                                for d in &mut dplane[hh * w + cw.start..hh * w + cw.end] {
+                                    *d += share;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(dx)
+    }
+
+    fn out_dims(&self, dims: &[usize]) -> Result<[usize; 4]> {
+        let (n, c, h, w) = nchw(dims, "pooling")?;
+        Ok([n, c, self.windows(h)?.len(), self.windows(w)?.len()])
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Max => "runner-max-pool2d",
+            Kind::Avg { .. } => "runner-avg-pool2d",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = nchw(l.dims(), self.name())?;
+        let x = f32_data(s, l)?;
+        let y = self.forward_planes(&x, dims)?;
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from(self.out_dims(l.dims())?.to_vec()),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dims = nchw(arg.dims(), self.name())?;
+        let out = self.out_dims(arg.dims())?;
+        if grad.dims() != out || grad.dtype() != DType::F32 {
+            bail!(
+                "{}: gradient of shape {:?}, expected {out:?}",
+                self.name(),
+                grad.shape()
+            );
+        }
+        let dx = with_f32(arg, |x| {
+            with_f32(grad, |g| self.backward_planes(x, g, dims))
+        })?;
+        cpu_tensor(dx, arg.dims()).map(Some)
+    }
+}
+
+/// The `k * k` strided window views of `xp` (already padded): element (dy, dx) of every window,
+/// each of shape (N, C, Ho, Wo), in scan order.
+fn window_views(xp: &Tensor, k: usize, s: usize, ho: usize, wo: usize) -> Result<Vec<Tensor>> {
+    let dev = xp.device();
+    let mut views = Vec::with_capacity(k * k);
+    for dy in 0..k {
+        let ri: Vec<u32> = (0..ho).map(|o| (o * s + dy) as u32).collect();
+        let xr = xp.index_select(&Tensor::new(ri, dev)?, 2)?;
+        for dx in 0..k {
+            let ci: Vec<u32> = (0..wo).map(|o| (o * s + dx) as u32).collect();
+            views.push(xr.index_select(&Tensor::new(ci, dev)?, 3)?);
+        }
+    }
+    Ok(views)
+}
+
+/// Average pooling from candle's differentiable ops (any device).
+pub fn avg_pool2d_fallback(
+    x: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    count_include_pad: bool,
+) -> Result<Tensor> {
+    let pool = Pool::new(k, stride, padding, Kind::Avg { count_include_pad })?;
+    let (_, _, h, w) = nchw(x.dims(), "avg_pool2d")?;
+    let (rows, cols) = (pool.windows(h)?, pool.windows(w)?);
+    let xp = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let mut sum: Option<Tensor> = None;
+    for v in window_views(&xp, k, stride, rows.len(), cols.len())? {
+        sum = Some(match sum {
+            None => v,
+            Some(acc) => acc.add(&v)?,
+        });
+    }
+    let Some(sum) = sum else {
+        bail!("avg_pool2d: empty window")
+    };
+    let div: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| cols.iter().map(|c| pool.divisor(r, c)))
+        .collect();
+    let div =
+        Tensor::from_vec(div, (1, 1, rows.len(), cols.len()), x.device())?.to_dtype(x.dtype())?;
+    sum.broadcast_div(&div)
+}
+
+/// Max pooling from candle's differentiable ops (any device). The first maximum of each window
+/// is picked explicitly, so the gradient does not depend on how a backend breaks ties.
+pub fn max_pool2d_fallback(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let pool = Pool::new(k, stride, padding, Kind::Max)?;
+    let (_, _, h, w) = nchw(x.dims(), "max_pool2d")?;
+    let (rows, cols) = (pool.windows(h)?, pool.windows(w)?);
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    let dev = x.device();
+    let border: Vec<f32> = (0..hp * wp)
+        .map(|i| {
+            let (r, c) = (i / wp, i % wp);
+            let inside = (padding..padding + h).contains(&r) && (padding..padding + w).contains(&c);
+            if inside {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let border = Tensor::from_vec(border, (1, 1, hp, wp), dev)?.to_dtype(x.dtype())?;
+    let xp = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?
+        .broadcast_add(&border)?;
+    let stacked = Tensor::stack(&window_views(&xp, k, stride, rows.len(), cols.len())?, 2)?;
+    let best = stacked.max_keepdim(2)?.detach();
+    let is_best = stacked.detach().broadcast_eq(&best)?.to_dtype(x.dtype())?;
+    // Earlier positions score higher, so the arg-max of the score is the first maximum.
+    let rank: Vec<f32> = (0..k * k).map(|j| (k * k - j) as f32).collect();
+    let rank = Tensor::from_vec(rank, (1, 1, k * k, 1, 1), dev)?.to_dtype(x.dtype())?;
+    let first = is_best.broadcast_mul(&rank)?.argmax_keepdim(2)?;
+    stacked.gather(&first, 2)?.squeeze(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::collections::HashMap;
+
+    fn fixture() -> Result<HashMap<String, Tensor>> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pool.npz");
+        Ok(Tensor::read_npz(path)?.into_iter().collect())
+    }
+
+    fn get<'a>(f: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
+        f.get(k).unwrap_or_else(|| panic!("fixture lacks {k}"))
+    }
+
+    fn max_rel_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        let d = a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let s = b
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?
+            .max(1e-6);
+        Ok(d / s)
+    }
+
+    type PoolFn = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+
+    fn check(f: &HashMap<String, Tensor>, key: &str, op: PoolFn, strided: bool) -> Result<()> {
+        let x = get(f, &format!("{key}_x"));
+        let g = get(f, &format!("{key}_g"));
+        // A strided input: the same values behind a transposed layout.
+        let xin = if strided {
+            x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?
+        } else {
+            x.clone()
+        };
+        assert_eq!(xin.is_contiguous(), !strided);
+        let v = Var::from_tensor(&xin)?;
+        let y = op(v.as_tensor())?;
+        let grads = y.mul(g)?.sum_all()?.backward()?;
+        let dx = grads
+            .get(v.as_tensor())
+            .cloned()
+            .unwrap_or(v.as_tensor().zeros_like()?);
+        let ey = max_rel_err(&y, get(f, &format!("{key}_y")))?;
+        let edx = max_rel_err(&dx, get(f, &format!("{key}_dx")))?;
+        assert!(
+            ey < 1e-6 && edx < 1e-6,
+            "{key}: forward {ey}, gradient {edx}"
+        );
+        Ok(())
+    }
+
+    const CONFIGS: [(&str, usize, usize, usize); 6] = [
+        ("k3s1p1", 3, 1, 1),
+        ("k3s2p1", 3, 2, 1),
+        ("k2s2p0", 2, 2, 0),
+        ("k2s2p0odd", 2, 2, 0),
+        ("k5s3p0", 5, 3, 0),
+        ("k7s7p0", 7, 7, 0),
+    ];
+
+    #[test]
+    fn pools_match_torch_on_cpu_op_and_fallback() -> Result<()> {
+        let f = fixture()?;
+        for (name, k, s, p) in CONFIGS {
+            for fallback in [false, true] {
+                for strided in [false, true] {
+                    let max: PoolFn = if fallback {
+                        Box::new(move |x| max_pool2d_fallback(x, k, s, p))
+                    } else {
+                        Box::new(move |x| max_pool2d(x, k, s, p))
+                    };
+                    check(&f, &format!("max_{name}"), max, strided)?;
+                    for inc in [true, false] {
+                        let avg: PoolFn = if fallback {
+                            Box::new(move |x| avg_pool2d_fallback(x, k, s, p, inc))
+                        } else {
+                            Box::new(move |x| avg_pool2d(x, k, s, p, inc))
+                        };
+                        check(&f, &format!("avg{}_{name}", inc as u8), avg, strided)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_first_tie_and_sums_over_windows() -> Result<()> {
+        // All equal: every window's first element is its top-left in-bounds input.
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 3, 3), DType::F32, &Device::Cpu)?)?;
+        for fallback in [false, true] {
+            let y = if fallback {
+                max_pool2d_fallback(x.as_tensor(), 3, 1, 1)?
+            } else {
+                max_pool2d(x.as_tensor(), 3, 1, 1)?
+            };
+            let grads = y.sum_all()?.backward()?;
+            let dx = grads
+                .get(x.as_tensor())
+                .map(|t| t.flatten_all()?.to_vec1::<f32>());
+            let dx = dx.transpose()?.unwrap_or_default();
+            // Windows start at clipped (row, col) in {0, 0, 1} x {0, 0, 1}.
+            assert_eq!(
+                dx,
+                vec![4.0, 2.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                "fallback {fallback}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_geometry() {
+        let x =
+            Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        assert!(max_pool2d(&x, 3, 1, 2).is_err()); // padding over half the kernel
+        assert!(avg_pool2d(&x, 5, 1, 0, true).is_err()); // kernel larger than the input
+        assert!(max_pool2d(&x, 2, 0, 0).is_err());
+        assert!(max_pool2d(&x.flatten_all().unwrap_or_else(|e| panic!("{e}")), 2, 2, 0).is_err());
+    }
 }
