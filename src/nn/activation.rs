@@ -129,8 +129,10 @@ mod tests {
         a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
 
+    type Act = fn(&Tensor) -> Result<Tensor>;
+
     /// Forward value and input gradient of sum(f(x) * g).
-    fn run(f: fn(&Tensor) -> Result<Tensor>, x: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn run(f: Act, x: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
         let v = Var::from_tensor(x)?;
         let y = f(v.as_tensor())?;
         let grads = y.mul(g)?.sum_all()?.backward()?;
@@ -147,7 +149,7 @@ mod tests {
         let (x, g) = (get(&f, "x"), get(&f, "g"));
         let xs = x.to_vec1::<f32>()?;
         assert!(xs.contains(&0.0) && xs.contains(&6.0));
-        let cases: [(&str, fn(&Tensor) -> Result<Tensor>); 4] = [
+        let cases: [(&str, Act); 4] = [
             ("relu", relu),
             ("relu", relu_fallback),
             ("relu6", relu6),

@@ -112,82 +112,143 @@ impl Pool {
         }
     }
 
-    /// Index within the plane of the first maximum of a window (scan order: rows, then
-    /// columns); NaN wins like in PyTorch's kernel.
-    fn argmax(plane: &[f32], width: usize, r: &Window, c: &Window) -> usize {
-        let mut best = r.start * width + c.start;
-        let mut best_v = f32::NEG_INFINITY;
-        for h in r.start..r.end {
-            let row = &plane[h * width..(h + 1) * width];
-            for (w, &v) in row.iter().enumerate().take(c.end).skip(c.start) {
-                if v > best_v || v.is_nan() {
-                    best_v = v;
-                    best = h * width + w;
+    /// For kernel offset `d` along an axis: the output positions whose tap lands inside the
+    /// input (`0 <= o * s + d - p < len`), as a range `lo..hi`.
+    fn tap_range(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let lo = if d >= p { 0 } else { (p - d).div_ceil(s) };
+        let hi = if len + p > d {
+            (len + p - d).div_ceil(s)
+        } else {
+            0
+        };
+        (lo.min(out), hi.min(out))
+    }
+
+    /// Visits every in-bounds tap of output row `oh` in window scan order (kernel rows, then
+    /// kernel columns): `f(input_row, input_col_of_first_output, first_output, end_output)`.
+    /// Within a tap, output `o` reads input column `first_col + (o - first_output) * stride`.
+    fn for_taps(
+        &self,
+        oh: usize,
+        h: usize,
+        cols: &[(usize, usize)],
+        mut f: impl FnMut(usize, usize, usize, usize),
+    ) {
+        let (k, s, p) = (self.k, self.stride, self.padding);
+        for dy in 0..k {
+            let ih = oh * s + dy;
+            if ih < p || ih - p >= h {
+                continue;
+            }
+            for (dx, &(lo, hi)) in cols.iter().enumerate() {
+                if lo < hi {
+                    f(ih - p, lo * s + dx - p, lo, hi);
                 }
             }
         }
-        best
     }
 
     fn forward_planes(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Result<Vec<f32>> {
         let (n, c, h, w) = dims;
         let rows = self.windows(h)?;
         let cols = self.windows(w)?;
-        let plane_in = h * w;
-        let mut y = Vec::with_capacity(n * c * rows.len() * cols.len());
-        for plane in x.chunks_exact(plane_in.max(1)).take(n * c) {
-            for r in &rows {
-                for cw in &cols {
-                    let v = match self.kind {
-                        Kind::Max => plane[Self::argmax(plane, w, r, cw)],
-                        Kind::Avg { .. } => {
-                            let mut sum = 0f32;
-                            for hh in r.start..r.end {
-                                sum += plane[hh * w + cw.start..hh * w + cw.end]
-                                    .iter()
-                                    .sum::<f32>();
-                            }
-                            sum / self.divisor(r, cw)
-                        }
-                    };
-                    y.push(v);
+        let (ho, wo) = (rows.len(), cols.len());
+        let taps: Vec<(usize, usize)> = (0..self.k).map(|d| self.tap_range(d, w, wo)).collect();
+        let s = self.stride;
+        let mut y = Vec::with_capacity(n * c * ho * wo);
+        let mut acc = vec![0f32; wo];
+        for plane in x.chunks_exact(h * w).take(n * c) {
+            for (oh, r) in rows.iter().enumerate() {
+                match self.kind {
+                    Kind::Max => {
+                        acc.fill(f32::NEG_INFINITY);
+                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                            tap_max(&mut acc[lo..hi], &plane[ih * w + ic..], s)
+                        });
+                        y.extend_from_slice(&acc);
+                    }
+                    Kind::Avg { .. } => {
+                        acc.fill(0.0);
+                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                            tap_add(&mut acc[lo..hi], &plane[ih * w + ic..], s)
+                        });
+                        y.extend(
+                            acc.iter()
+                                .zip(&cols)
+                                .map(|(&a, cw)| a / self.divisor(r, cw)),
+                        );
+                    }
                 }
             }
         }
         Ok(y)
     }
 
+    /// Input gradient. `y` is the forward output (needed by max pooling to locate each
+    /// window's maximum without replaying the data-dependent comparisons).
     fn backward_planes(
         &self,
         x: &[f32],
+        y: &[f32],
         g: &[f32],
         dims: (usize, usize, usize, usize),
     ) -> Result<Vec<f32>> {
         let (n, c, h, w) = dims;
         let rows = self.windows(h)?;
         let cols = self.windows(w)?;
-        let plane_in = h * w;
-        let plane_out = rows.len() * cols.len();
-        let mut dx = vec![0f32; n * c * plane_in];
-        for ((dplane, xplane), gplane) in dx
-            .chunks_exact_mut(plane_in.max(1))
-            .zip(x.chunks_exact(plane_in.max(1)))
-            .zip(g.chunks_exact(plane_out.max(1)))
-        {
-            let mut go = gplane.iter();
-            for r in &rows {
-                for cw in &cols {
-                    let gv = go.next().copied().unwrap_or(0.0);
-                    match self.kind {
-                        Kind::Max => dplane[Self::argmax(xplane, w, r, cw)] += gv,
-                        Kind::Avg { .. } => {
-                            let share = gv / self.divisor(r, cw);
-                            for hh in r.start..r.end {
-                                for d in &mut dplane[hh * w + cw.start..hh * w + cw.end] {
-                                    *d += share;
+        let (ho, wo) = (rows.len(), cols.len());
+        let out_len = n * c * ho * wo;
+        if x.len() != n * c * h * w || g.len() != out_len || y.len() != out_len {
+            bail!(
+                "pooling backward: {} inputs and {} gradients for {dims:?}",
+                x.len(),
+                g.len()
+            );
+        }
+        let taps: Vec<(usize, usize)> = (0..self.k).map(|d| self.tap_range(d, w, wo)).collect();
+        let s = self.stride;
+        let mut dx = vec![0f32; n * c * h * w];
+        let mut pending = vec![true; wo];
+        let mut share = vec![0f32; wo];
+        let planes = dx
+            .chunks_exact_mut(h * w)
+            .zip(x.chunks_exact(h * w))
+            .zip(g.chunks_exact(ho * wo).zip(y.chunks_exact(ho * wo)));
+        for ((dplane, xplane), (gplane, yplane)) in planes {
+            let out_rows = gplane.chunks_exact(wo).zip(yplane.chunks_exact(wo));
+            for (oh, (r, (grow, yrow))) in rows.iter().zip(out_rows).enumerate() {
+                match self.kind {
+                    Kind::Max => {
+                        pending.fill(true);
+                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                            let at = ih * w + ic;
+                            tap_first_max_grad(
+                                &mut dplane[at..],
+                                &xplane[at..],
+                                &yrow[lo..hi],
+                                &grow[lo..hi],
+                                &mut pending[lo..hi],
+                                s,
+                            )
+                        });
+                    }
+                    Kind::Avg { .. } => {
+                        for ((sh, &gv), cw) in share.iter_mut().zip(grow).zip(&cols) {
+                            *sh = gv / self.divisor(r, cw);
+                        }
+                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                            let dst = &mut dplane[ih * w + ic..];
+                            if s == 1 {
+                                for (d, &sh) in dst.iter_mut().zip(&share[lo..hi]) {
+                                    *d += sh;
+                                }
+                            } else {
+                                for (d, &sh) in dst.iter_mut().step_by(s).zip(&share[lo..hi]) {
+                                    *d += sh;
                                 }
                             }
-                        }
+                        });
                     }
                 }
             }
@@ -219,7 +280,7 @@ impl CustomOp1 for Pool {
         ))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dims = nchw(arg.dims(), self.name())?;
         let out = self.out_dims(arg.dims())?;
         if grad.dims() != out || grad.dtype() != DType::F32 {
@@ -230,9 +291,82 @@ impl CustomOp1 for Pool {
             );
         }
         let dx = with_f32(arg, |x| {
-            with_f32(grad, |g| self.backward_planes(x, g, dims))
+            with_f32(res, |y| {
+                with_f32(grad, |g| self.backward_planes(x, y, g, dims))
+            })
         })?;
         cpu_tensor(dx, arg.dims()).map(Some)
+    }
+}
+
+/// `acc[o] = max(acc[o], src[o * s])` with PyTorch's rule (strictly greater, or NaN), written
+/// as a select so that the unit-stride case vectorises.
+fn tap_max(acc: &mut [f32], src: &[f32], s: usize) {
+    let pick = |b: f32, v: f32| if v > b || v.is_nan() { v } else { b };
+    if s == 1 {
+        for (b, &v) in acc.iter_mut().zip(src) {
+            *b = pick(*b, v);
+        }
+    } else {
+        for (b, &v) in acc.iter_mut().zip(src.iter().step_by(s)) {
+            *b = pick(*b, v);
+        }
+    }
+}
+
+/// Max-pool backward for one tap of one output row: output `o` reads `src[o * s]`; if that
+/// is the window's maximum `max[o]` and no earlier tap of the window was, its gradient goes to
+/// `dst[o * s]`. This is the position PyTorch's strictly-greater scan ends on (for a NaN
+/// maximum PyTorch picks the last NaN, this the first). Written with selects and no scatter,
+/// since a branch per tap would mispredict on the data-dependent ties.
+fn tap_first_max_grad(
+    dst: &mut [f32],
+    src: &[f32],
+    max: &[f32],
+    g: &[f32],
+    pending: &mut [bool],
+    s: usize,
+) {
+    let step = |d: &mut f32, v: f32, m: f32, g: f32, p: &mut bool| {
+        let hit = ((v == m) | (v.is_nan() & m.is_nan())) & *p;
+        *d += if hit { g } else { 0.0 };
+        *p &= !hit;
+    };
+    if s == 1 {
+        let n = max
+            .len()
+            .min(g.len())
+            .min(pending.len())
+            .min(src.len())
+            .min(dst.len());
+        let (dst, src, max, g, pending) = (
+            &mut dst[..n],
+            &src[..n],
+            &max[..n],
+            &g[..n],
+            &mut pending[..n],
+        );
+        for j in 0..n {
+            step(&mut dst[j], src[j], max[j], g[j], &mut pending[j]);
+        }
+    } else {
+        let items = dst.iter_mut().step_by(s).zip(src.iter().step_by(s));
+        for ((d, &v), ((&m, &gv), p)) in items.zip(max.iter().zip(g).zip(pending.iter_mut())) {
+            step(d, v, m, gv, p);
+        }
+    }
+}
+
+/// `acc[o] += src[o * s]`.
+fn tap_add(acc: &mut [f32], src: &[f32], s: usize) {
+    if s == 1 {
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a += v;
+        }
+    } else {
+        for (a, &v) in acc.iter_mut().zip(src.iter().step_by(s)) {
+            *a += v;
+        }
     }
 }
 
