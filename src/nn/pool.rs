@@ -569,6 +569,23 @@ mod tests {
     }
 
     #[test]
+    fn max_pool_propagates_nan() -> Result<()> {
+        let vals = [f32::NAN, f32::NAN, 5., 2., 3., 0., 3., 4., 1.];
+        let x = Var::from_tensor(&Tensor::new(&vals, &Device::Cpu)?.reshape((1, 1, 3, 3))?)?;
+        let y = max_pool2d(x.as_tensor(), 2, 1, 0)?;
+        let yv = y.flatten_all()?.to_vec1::<f32>()?;
+        assert!(yv[0].is_nan() && yv[1].is_nan() && yv[2] == 4.0 && yv[3] == 4.0);
+        let grads = y.sum_all()?.backward()?;
+        let dx = grads
+            .get(x.as_tensor())
+            .map(|t| t.flatten_all()?.to_vec1::<f32>());
+        let dx = dx.transpose()?.unwrap_or_default();
+        // A NaN window sends its gradient to its first NaN (PyTorch: the last one).
+        assert_eq!(dx, vec![1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
     fn rejects_bad_geometry() {
         let x =
             Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
