@@ -4,7 +4,7 @@
 //! `train` -> `tricks` -> `run` -> `cli`.
 
 pub mod config;
-pub mod data;
 pub mod nn;
 pub mod rng;
+pub mod data;
 pub mod train;

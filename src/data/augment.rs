@@ -22,12 +22,7 @@ pub struct Augment {
 impl Augment {
     /// Normalisation only (evaluation).
     pub fn plain(normalize: Normalize) -> Self {
-        Self {
-            crop_padding: 0,
-            flip: false,
-            cutout: 0,
-            normalize,
-        }
+        Self { crop_padding: 0, flip: false, cutout: 0, normalize }
     }
 
     /// Writes the transformed image (C x H x W, u8 input) into `out` as f32.

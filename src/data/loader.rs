@@ -44,8 +44,6 @@ pub fn batches(
     device: &Device,
     prefetch: usize,
 ) -> BatchIter {
-    let _ = (
-        set, order, batch_size, drop_last, augment, seed, name, indices, device, prefetch,
-    );
+    let _ = (set, order, batch_size, drop_last, augment, seed, name, indices, device, prefetch);
     todo!("data helper")
 }

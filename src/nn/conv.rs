@@ -15,12 +15,7 @@ pub struct ConvParams {
 
 impl Default for ConvParams {
     fn default() -> Self {
-        Self {
-            stride: 1,
-            padding: 0,
-            dilation: 1,
-            groups: 1,
-        }
+        Self { stride: 1, padding: 0, dilation: 1, groups: 1 }
     }
 }
 
@@ -39,22 +34,13 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Registers `weight` (and `bias`) under `path` with the given initial values.
-    pub fn new(
-        path: &Path,
-        weight: Tensor,
-        bias: Option<Tensor>,
-        params: ConvParams,
-    ) -> Result<Self> {
+    pub fn new(path: &Path, weight: Tensor, bias: Option<Tensor>, params: ConvParams) -> Result<Self> {
         let weight = path.param("weight", weight)?;
         let bias = match bias {
             Some(b) => Some(path.param("bias", b)?),
             None => None,
         };
-        Ok(Self {
-            weight,
-            bias,
-            params,
-        })
+        Ok(Self { weight, bias, params })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -12,23 +12,13 @@ pub fn pytorch_default_weight(rng: &mut Rng, dims: &[usize], device: &Device) ->
 }
 
 /// PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-pub fn pytorch_default_bias(
-    rng: &mut Rng,
-    fan_in: usize,
-    len: usize,
-    device: &Device,
-) -> Result<Tensor> {
+pub fn pytorch_default_bias(rng: &mut Rng, fan_in: usize, len: usize, device: &Device) -> Result<Tensor> {
     let _ = (rng, fan_in, len, device);
     todo!("nn-conv helper")
 }
 
 /// Normal(0, std) truncated to [-2 std, 2 std] (resampled), as NAS-Bench-101's conv init.
-pub fn truncated_normal(
-    rng: &mut Rng,
-    dims: &[usize],
-    std: f64,
-    device: &Device,
-) -> Result<Tensor> {
+pub fn truncated_normal(rng: &mut Rng, dims: &[usize], std: f64, device: &Device) -> Result<Tensor> {
     let _ = (rng, dims, std, device);
     todo!("nn-conv helper")
 }

@@ -67,11 +67,7 @@ impl Store {
         let value = value.to_device(&self.device)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&value)?;
         let mut g = self.lock();
-        let map = if buffer {
-            &mut g.buffers
-        } else {
-            &mut g.params
-        };
+        let map = if buffer { &mut g.buffers } else { &mut g.params };
         if map.contains_key(&name) {
             candle_core::bail!("duplicate tensor name {name}");
         }
@@ -102,20 +98,12 @@ impl Store {
 
     /// Trainable parameters in name order.
     pub fn params(&self) -> Vec<(String, Var)> {
-        self.lock()
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.lock().params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Buffers (BatchNorm running statistics) in name order.
     pub fn buffers(&self) -> Vec<(String, Var)> {
-        self.lock()
-            .buffers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.lock().buffers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Every tensor, parameters and buffers, by name (for checkpoints).
@@ -148,21 +136,14 @@ impl Store {
             }
         }
         if !missing.is_empty() {
-            anyhow::bail!(
-                "checkpoint lacks {} model tensors (first: {})",
-                missing.len(),
-                missing[0]
-            );
+            anyhow::bail!("checkpoint lacks {} model tensors (first: {})", missing.len(), missing[0]);
         }
         let extra: Vec<&String> = values
             .keys()
             .filter(|k| !g.params.contains_key(*k) && !g.buffers.contains_key(*k))
             .collect();
         if let Some(first) = extra.first() {
-            anyhow::bail!(
-                "checkpoint has {} tensors the model lacks (first: {first})",
-                extra.len()
-            );
+            anyhow::bail!("checkpoint has {} tensors the model lacks (first: {first})", extra.len());
         }
         for (k, v) in g.params.iter().chain(g.buffers.iter()) {
             let t = &values[k];
@@ -227,40 +208,21 @@ mod tests {
     fn load_refuses_mismatches() {
         let s = Store::new(&Device::Cpu);
         let r = s.root();
-        r.pp("a")
-            .param("w", Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap())
-            .unwrap();
-        r.pp("a")
-            .buffer("m", Tensor::ones(2, DType::F32, &Device::Cpu).unwrap())
-            .unwrap();
+        r.pp("a").param("w", Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()).unwrap();
+        r.pp("a").buffer("m", Tensor::ones(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
         let mut vals = s.tensors();
         assert_eq!(vals.keys().cloned().collect::<Vec<_>>(), vec!["a.m", "a.w"]);
-        vals.insert(
-            "a.w".into(),
-            Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
-        );
+        vals.insert("a.w".into(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap());
         s.load(&vals).unwrap();
-        assert_eq!(
-            s.params()[0].1.as_tensor().to_vec1::<f32>().unwrap(),
-            vec![1.0; 3]
-        );
+        assert_eq!(s.params()[0].1.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0; 3]);
         let mut extra = vals.clone();
-        extra.insert(
-            "b".into(),
-            Tensor::ones(1, DType::F32, &Device::Cpu).unwrap(),
-        );
+        extra.insert("b".into(), Tensor::ones(1, DType::F32, &Device::Cpu).unwrap());
         assert!(s.load(&extra).is_err());
         let mut wrong = vals.clone();
-        wrong.insert(
-            "a.w".into(),
-            Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(),
-        );
+        wrong.insert("a.w".into(), Tensor::ones(4, DType::F32, &Device::Cpu).unwrap());
         assert!(s.load(&wrong).is_err());
         vals.remove("a.m");
         assert!(s.load(&vals).is_err());
-        assert!(r
-            .pp("a")
-            .param("w", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap())
-            .is_err());
+        assert!(r.pp("a").param("w", Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap()).is_err());
     }
 }
