@@ -580,35 +580,91 @@ fn weight_grad_chunks(n: usize, partial_len: usize) -> usize {
     n.min(16).min((MAX_PARTIAL_FLOATS / partial_len.max(1)).max(1)).max(1)
 }
 
-fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (cog, ckk, howo) = (g.cog(), g.cig() * g.kk(), g.howo());
-    let wlen = g.co * ckk;
-    let (xs, ys) = (g.ci * g.hw(), g.co * howo);
-    let par = inner_par(g);
-    // dW_g (C_out/g, C_in/g*K*K) += dy_g (C_out/g, HoWo) @ col_g^T
-    let accumulate = |x_n: &[f32], dy_n: &[f32], dw: &mut [f32], first: bool| {
-        let run = |col: &[f32], dw: &mut [f32]| {
-            for grp in 0..g.g {
-                matmul(
-                    cog,
-                    ckk,
-                    howo,
-                    (&mut dw[grp * cog * ckk..], ckk, 1),
-                    !first,
-                    (&dy_n[grp * cog * howo..], howo, 1),
-                    (&col[grp * ckk * howo..], 1, howo),
-                    par,
-                );
+simd_fn! {
+    /// x_n (C, H*W) -> (H*W, C), in blocks of positions so that both sides stay in cache.
+    fn to_hwc(c: usize, hw: usize, x: &[f32], out: &mut [f32]) {
+        const B: usize = 64;
+        for p0 in (0..hw).step_by(B) {
+            let p1 = (p0 + B).min(hw);
+            for ch in 0..c {
+                let src = &x[ch * hw + p0..ch * hw + p1];
+                for (i, &v) in src.iter().enumerate() {
+                    out[(p0 + i) * c + ch] = v;
+                }
             }
-        };
-        if g.direct() {
-            run(x_n, dw);
-        } else {
-            with_scratch(g.col_rows() * howo, |col| {
-                im2col(g, x_n, col);
-                run(col, dw);
-            });
         }
+    }
+}
+
+simd_fn! {
+    /// colT_g (Ho*Wo, K*K*C_in/g) of group `grp` from x_hwc (H, W, C_in); columns ordered
+    /// (kh, kw, c). Unlike `im2col`, every row of the result (one output position) is a
+    /// run of channel vectors copied whole, and the matrix is column-major for gemm's lhs, which
+    /// spares gemm a strided (scalar) packing pass over the largest operand.
+    fn im2col_hwc(g: &Geom, grp: usize, xhwc: &[f32], colt: &mut [f32]) {
+        let (k, s, d, p, w, c, cg) = (g.k, g.s, g.d, g.p, g.w, g.ci, g.cig());
+        let kkc = g.kk() * cg;
+        let (ow_lo, ow_hi) = (0..k).fold((0, g.wo), |(lo, hi), kw| {
+            let (l, h) = valid_range(g.wo, s, kw * d, p, w);
+            (lo.max(l), hi.min(h))
+        });
+        // With one group and no dilation the K channel vectors of a kernel row are adjacent.
+        let row_run = g.g == 1 && d == 1;
+        for oh in 0..g.ho {
+            for ow in 0..g.wo {
+                let row = &mut colt[(oh * g.wo + ow) * kkc..][..kkc];
+                for kh in 0..k {
+                    let seg = &mut row[kh * k * cg..(kh + 1) * k * cg];
+                    let ih = (oh * s + kh * d) as isize - p as isize;
+                    if ih < 0 || ih >= g.h as isize {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let base = ih as usize * w;
+                    if row_run && ow >= ow_lo && ow < ow_hi {
+                        let iw = ow * s - p;
+                        seg.copy_from_slice(&xhwc[(base + iw) * c..(base + iw + k) * c]);
+                        continue;
+                    }
+                    for kw in 0..k {
+                        let dst = &mut seg[kw * cg..(kw + 1) * cg];
+                        let iw = (ow * s + kw * d) as isize - p as isize;
+                        if iw < 0 || iw >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let at = (base + iw as usize) * c + grp * cg;
+                            dst.copy_from_slice(&xhwc[at..at + cg]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (cog, cg, kk, howo, hw) = (g.cog(), g.cig(), g.kk(), g.howo(), g.hw());
+    let kkc = kk * cg;
+    let wlen = g.co * kkc;
+    let (xs, ys) = (g.ci * hw, g.co * howo);
+    let par = inner_par(g);
+    // dW'_g (C_out/g, K*K*C_in/g) += dy_g (C_out/g, HoWo) @ colT_g, columns ordered (kh, kw, c).
+    let accumulate = |x_n: &[f32], dy_n: &[f32], dw: &mut [f32], first: bool| {
+        let col_len = if g.direct() { 0 } else { howo * kkc };
+        with_scratch(xs + col_len, |buf| {
+            let (xhwc, colt) = buf.split_at_mut(xs);
+            to_hwc(g.ci, hw, x_n, xhwc);
+            for grp in 0..g.g {
+                // A 1x1 stride-1 conv's colT_g is a column slice of x_hwc itself.
+                let b: (&[f32], usize, usize) = if g.direct() {
+                    (&xhwc[grp * cg..], g.ci, 1)
+                } else {
+                    im2col_hwc(g, grp, xhwc, colt);
+                    (colt, kkc, 1)
+                };
+                matmul(cog, kkc, howo, (&mut dw[grp * cog * kkc..], kkc, 1), !first, (&dy_n[grp * cog * howo..], howo, 1), b, par);
+            }
+        })
     };
     if g.n == 0 || wlen == 0 {
         return vec![0.0; wlen];
@@ -629,9 +685,18 @@ fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         (0..chunks).map(partial).collect()
     };
     let mut it = partials.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![0.0; wlen]);
+    let mut sum = it.next().unwrap_or_else(|| vec![0.0; wlen]);
     for p in it {
-        add_into(&mut dw, &p);
+        add_into(&mut sum, &p);
+    }
+    // (C_out, kh, kw, c) -> (C_out, c, kh, kw)
+    let mut dw = vec![0.0f32; wlen];
+    for (o, src) in dw.chunks_mut(kkc).zip(sum.chunks(kkc)) {
+        for t in 0..kk {
+            for ch in 0..cg {
+                o[ch * kk + t] = src[t * cg + ch];
+            }
+        }
     }
     dw
 }
@@ -1059,5 +1124,79 @@ mod tests {
         let y = layer.forward(&c.x).unwrap();
         let want = c.y.broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap()).unwrap();
         assert!(rel_err(&y, &want) <= TOL);
+    }
+
+    /// Timings, not a check: `RAYON_NUM_THREADS=2 cargo test --lib nn::conv::tests::bench_conv --
+    /// --ignored --nocapture` (compare with `tests/fixtures/bench_conv_torch.py`).
+    #[test]
+    #[ignore]
+    fn bench_conv() {
+        let dev = Device::Cpu;
+        let shapes = [
+            ("3x3 16->16 64x16x32x32", 64, 16, 16, 32, 3, 1, 1, 1, 1),
+            ("3x3 32->32 64x32x16x16", 64, 32, 32, 16, 3, 1, 1, 1, 1),
+            ("1x1 16->16 64x16x32x32", 64, 16, 16, 32, 1, 1, 0, 1, 1),
+            ("3x3 s2 16->32 64x16x32x32", 64, 16, 32, 32, 3, 2, 1, 1, 1),
+            ("dw3x3 64x32x32x32", 64, 32, 32, 32, 3, 1, 1, 1, 32),
+            ("dw5x5 d2 64x32x32x32", 64, 32, 32, 32, 5, 1, 4, 2, 32),
+            ("dw3x3 s2 64x32x32x32", 64, 32, 32, 32, 3, 2, 1, 1, 32),
+        ];
+        // Process CPU time (all threads) from /proc: on a shared, oversubscribed machine wall time
+        // mostly measures the other tenants.
+        let cpu_s = || {
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+            let f: Vec<f64> = stat.rsplit(')').next().unwrap().split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+            (f[11] + f[12]) / 100.0
+        };
+        // (median wall ms, mean CPU ms) per call.
+        let median_ms = |f: &mut dyn FnMut()| {
+            f();
+            let reps = 20;
+            let c0 = cpu_s();
+            let mut ts: Vec<f64> = (0..reps)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let cpu = (cpu_s() - c0) * 1e3 / reps as f64;
+            ts.sort_by(f64::total_cmp);
+            (ts[ts.len() / 2], cpu)
+        };
+        println!("threads {}", num_threads());
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        for (name, n, ci, co, hw, k, s, p, d, g) in shapes {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let mut r = stream(1, "bench", &[]);
+            let x = init::uniform(&mut r, &[n, ci, hw, hw], -1.0, 1.0, &dev).unwrap();
+            let w = init::pytorch_default_weight(&mut r, &[co, ci / g, k, k], &dev).unwrap();
+            let p = ConvParams { stride: s, padding: p, dilation: d, groups: g };
+            let geom = Geom::new(x.dims(), w.dims(), p).unwrap();
+            let gy = init::uniform(&mut r, &geom.y_dims(), -1.0, 1.0, &dev).unwrap();
+            let fwd = median_ms(&mut || drop(x.apply_op2_no_bwd(&w, &ConvFwd(geom)).unwrap()));
+            let dx = median_ms(&mut || drop(gy.apply_op2_no_bwd(&w, &ConvBwdInput(geom)).unwrap()));
+            let dw = median_ms(&mut || drop(x.apply_op2_no_bwd(&gy, &ConvBwdWeight(geom)).unwrap()));
+            let xv = Var::from_tensor(&x).unwrap();
+            let wv = Var::from_tensor(&w).unwrap();
+            let mut builtin = || {
+                let y = xv.as_tensor().conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, p.groups).unwrap();
+                drop((&y * &gy).unwrap().sum_all().unwrap().backward().unwrap());
+            };
+            let candle = if std::env::var("BENCH_CANDLE").is_ok() { median_ms(&mut builtin) } else { (0.0, 0.0) };
+            println!(
+                "{name:26} wall fwd {:6.2} dx {:6.2} dw {:6.2} | cpu/2 fwd {:6.2} dx {:6.2} dw {:6.2} ms | candle wall {:7.1} cpu/2 {:7.1}",
+                fwd.0,
+                dx.0,
+                dw.0,
+                fwd.1 / 2.0,
+                dx.1 / 2.0,
+                dw.1 / 2.0,
+                candle.0,
+                candle.1 / 2.0
+            );
+        }
     }
 }
