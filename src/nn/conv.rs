@@ -318,20 +318,6 @@ macro_rules! simd_fn {
 }
 
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-#[inline(always)]
-fn mul_acc(acc: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((acc, &a), &b) in acc.iter_mut().zip(a).zip(b) {
-        *acc += a * b;
-    }
-}
-
-#[inline(always)]
 fn add_into(y: &mut [f32], x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += x;
@@ -705,30 +691,31 @@ fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 // Depthwise path: direct kernels on a padded, phase-split copy of each plane.
 //
 // A plane (H, W) with padding p and stride s is stored as P[r][ph][q] = xpad[r][q*s + ph]
-// (r < H + 2p, ph < s, q < ceil((W + 2p) / s)). Output column ow of tap kw then reads
-// P[r][(kw*d) % s][ow + (kw*d) / s]: contiguous in ow for every stride.
+// (r < H + 2p, ph < s, q < ceil((W + 2p) / s)). Output column ow of tap (kh, kw) then reads
+// P[oh*s + kh*d][(kw*d) % s][ow + (kw*d) / s]: contiguous in ow for every stride, so each output
+// row is a weighted sum of K*K contiguous runs ("gather"), accumulated in registers. Scatter forms
+// (adding shifted runs into one row tap after tap) stall on store-to-load forwarding.
 
 #[derive(Clone, Copy)]
 struct Phased {
-    hp: usize,
     wq: usize,
     s: usize,
+    len: usize,
 }
 
 impl Phased {
     fn new(g: &Geom) -> Self {
-        let wp = g.w + 2 * g.p;
-        Self { hp: g.h + 2 * g.p, wq: wp.div_ceil(g.s), s: g.s }
+        let wq = (g.w + 2 * g.p).div_ceil(g.s);
+        Self { wq, s: g.s, len: (g.h + 2 * g.p) * g.s * wq }
     }
-    fn len(&self) -> usize {
-        self.hp * self.s * self.wq
+    /// Distance between the runs read by consecutive output rows.
+    fn row_step(&self) -> usize {
+        self.s * self.s * self.wq
     }
-    /// Start of the run read by output row `oh`, tap (kh, kw).
-    #[inline(always)]
-    fn tap(&self, g: &Geom, oh: usize, kh: usize, kw: usize) -> usize {
-        let r = oh * g.s + kh * g.d;
+    /// Start of the run read by output row 0 for tap (kh, kw).
+    fn tap(&self, g: &Geom, kh: usize, kw: usize) -> usize {
         let col = kw * g.d;
-        (r * self.s + col % self.s) * self.wq + col / self.s
+        (kh * g.d * self.s + col % self.s) * self.wq + col / self.s
     }
 }
 
@@ -750,59 +737,171 @@ fn phase_split(g: &Geom, ph: &Phased, plane: &[f32], buf: &mut [f32]) {
     }
 }
 
+/// out[i] = sum over taps (off, w) of w * src[off + i], in tap order.
+#[inline(always)]
+fn gather_row(out: &mut [f32], src: &[f32], taps: &[(usize, f32)]) {
+    #[inline(always)]
+    fn block<const L: usize>(out: &mut [f32], src: &[f32], taps: &[(usize, f32)], i: usize) {
+        let mut acc = [0.0f32; L];
+        for &(off, w) in taps {
+            let s = &src[off + i..off + i + L];
+            for l in 0..L {
+                acc[l] += w * s[l];
+            }
+        }
+        out[i..i + L].copy_from_slice(&acc);
+    }
+    let n = out.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        block::<16>(out, src, taps, i);
+        i += 16;
+    }
+    if i + 8 <= n {
+        block::<8>(out, src, taps, i);
+        i += 8;
+    }
+    for i in i..n {
+        let mut acc = 0.0f32;
+        for &(off, w) in taps {
+            acc += w * src[off + i];
+        }
+        out[i] = acc;
+    }
+}
+
+/// lanes[l] += sum over rows r of a[r*a_step + i + l] * b[r*b_step + i + l] for a block of L
+/// columns starting at i (rows accumulated in registers first).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dot_block<const L: usize>(lanes: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, rows: usize, i: usize) {
+    let mut acc = [0.0f32; L];
+    for r in 0..rows {
+        let x = &a[r * a_step + i..r * a_step + i + L];
+        let y = &b[r * b_step + i..r * b_step + i + L];
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for l in 0..L {
+        lanes[l] += acc[l];
+    }
+}
+
 simd_fn! {
     fn dw_fwd_planes(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], first_plane: usize, buf: &mut [f32]) {
         let ph = Phased::new(g);
-        let (hw, howo, wo, k, kk) = (g.hw(), g.howo(), g.wo, g.k, g.kk());
+        let (hw, howo, wo, k, kk, step) = (g.hw(), g.howo(), g.wo, g.k, g.kk(), ph.row_step());
+        let mut taps: Vec<(usize, f32)> = Vec::with_capacity(kk);
         for (i, y_p) in y.chunks_mut(howo).enumerate() {
             let plane_idx = first_plane + i;
             let c = plane_idx % g.co;
-            let wc = &w[c * kk..(c + 1) * kk];
+            taps.clear();
+            for kh in 0..k {
+                for kw in 0..k {
+                    taps.push((ph.tap(g, kh, kw), w[c * kk + kh * k + kw]));
+                }
+            }
             phase_split(g, &ph, &x[plane_idx * hw..(plane_idx + 1) * hw], buf);
             for oh in 0..g.ho {
-                let yrow = &mut y_p[oh * wo..(oh + 1) * wo];
-                yrow.fill(0.0);
-                for kh in 0..k {
-                    for kw in 0..k {
-                        let t = ph.tap(g, oh, kh, kw);
-                        axpy(yrow, wc[kh * k + kw], &buf[t..t + wo]);
-                    }
-                }
+                gather_row(&mut y_p[oh * wo..(oh + 1) * wo], &buf[oh * step..], &taps);
             }
         }
     }
 }
 
+/// Layout of the column-padded copy of a dy plane used by the depthwise input gradient.
+#[derive(Clone, Copy)]
+struct DyPad {
+    /// Zero columns on the left: the largest (kw*d) / s.
+    left: usize,
+    /// Row length: ceil((W + 2p) / s) + left.
+    width: usize,
+}
+
+impl DyPad {
+    fn new(g: &Geom) -> Self {
+        let left = (g.k - 1) * g.d / g.s;
+        Self { left, width: Phased::new(g).wq + left }
+    }
+}
+
+/// Which taps feed each (input row, output phase) of the depthwise input gradient, as
+/// (offset into the column-padded dy plane, tap index kh*K + kw), and where each list starts.
+/// Padded input row r = ih + p in phase φ (columns with (iw + p) % s == φ) receives tap (kh, kw)
+/// when r - kh*d is a multiple of s naming a real output row and (kw*d) % s == φ; the dy column
+/// is then q - (kw*d) / s for phase-split column q.
+fn dw_input_taps(g: &Geom, pad: &DyPad) -> (Vec<(usize, usize)>, Vec<usize>) {
+    let (k, s, d) = (g.k, g.s, g.d);
+    let mut taps = Vec::new();
+    let mut starts = Vec::with_capacity(g.h * s + 1);
+    for ih in 0..g.h {
+        let r = ih + g.p;
+        for phase in 0..s {
+            starts.push(taps.len());
+            for kh in 0..k {
+                let Some(rr) = r.checked_sub(kh * d) else { break };
+                if rr % s != 0 || rr / s >= g.ho {
+                    continue;
+                }
+                for kw in 0..k {
+                    if (kw * d) % s == phase {
+                        taps.push(((rr / s) * pad.width + pad.left - (kw * d) / s, kh * k + kw));
+                    }
+                }
+            }
+        }
+    }
+    starts.push(taps.len());
+    (taps, starts)
+}
+
 simd_fn! {
-    fn dw_grad_input_planes(g: &Geom, dy: &[f32], w: &[f32], dx: &mut [f32], first_plane: usize, buf: &mut [f32]) {
+    /// dx of planes first_plane.. as a gather over dy (see `dw_input_taps`).
+    fn dw_grad_input_planes(
+        g: &Geom,
+        table: &(Vec<(usize, usize)>, Vec<usize>),
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        first_plane: usize,
+        buf: &mut [f32],
+    ) {
         let ph = Phased::new(g);
-        let (hw, howo, wo, k, kk, s, p, wq) = (g.hw(), g.howo(), g.wo, g.k, g.kk(), g.s, g.p, ph.wq);
+        let pad = DyPad::new(g);
+        let (hw, howo, wo, kk, s, p, wq) = (g.hw(), g.howo(), g.wo, g.kk(), g.s, g.p, ph.wq);
+        let (taps, starts) = table;
+        let mut weighted: Vec<(usize, f32)> = Vec::with_capacity(taps.len());
+        let (dyc, out) = buf.split_at_mut(g.ho * pad.width);
+        let out = &mut out[..s * wq];
         for (i, dx_p) in dx.chunks_mut(hw).enumerate() {
             let plane_idx = first_plane + i;
             let c = plane_idx % g.ci;
             let wc = &w[c * kk..(c + 1) * kk];
+            weighted.clear();
+            weighted.extend(taps.iter().map(|&(off, t)| (off, wc[t])));
             let dy_p = &dy[plane_idx * howo..(plane_idx + 1) * howo];
-            buf.fill(0.0);
+            dyc.fill(0.0);
             for oh in 0..g.ho {
-                let dyrow = &dy_p[oh * wo..(oh + 1) * wo];
-                for kh in 0..k {
-                    for kw in 0..k {
-                        let t = ph.tap(g, oh, kh, kw);
-                        axpy(&mut buf[t..t + wo], wc[kh * k + kw], dyrow);
-                    }
-                }
+                let at = oh * pad.width + pad.left;
+                dyc[at..at + wo].copy_from_slice(&dy_p[oh * wo..(oh + 1) * wo]);
             }
-            // Crop the padding and interleave the phases back.
             for ih in 0..g.h {
                 let dst = &mut dx_p[ih * g.w..(ih + 1) * g.w];
-                let r = ih + p;
                 if s == 1 {
-                    dst.copy_from_slice(&buf[r * wq + p..r * wq + p + g.w]);
-                } else {
-                    for (iw, o) in dst.iter_mut().enumerate() {
-                        let col = iw + p;
-                        *o = buf[(r * s + col % s) * wq + col / s];
-                    }
+                    // Only the columns of the real input: phase-split column q = iw + p.
+                    let row = &weighted[starts[ih]..starts[ih + 1]];
+                    gather_row(dst, &dyc[p..], row);
+                    continue;
+                }
+                for phase in 0..s {
+                    let row = &weighted[starts[ih * s + phase]..starts[ih * s + phase + 1]];
+                    gather_row(&mut out[phase * wq..(phase + 1) * wq], dyc, row);
+                }
+                // Crop the padding and interleave the phases back.
+                for (iw, o) in dst.iter_mut().enumerate() {
+                    let col = iw + p;
+                    *o = out[(col % s) * wq + col / s];
                 }
             }
         }
@@ -813,11 +912,15 @@ simd_fn! {
     /// dw[c] for channels first_c.. (one K*K block per channel in `dw`), summed over all images.
     fn dw_grad_weight_channels(g: &Geom, x: &[f32], dy: &[f32], dw: &mut [f32], first_c: usize, buf: &mut [f32]) {
         let ph = Phased::new(g);
-        let (hw, howo, wo, k, kk) = (g.hw(), g.howo(), g.wo, g.k, g.kk());
-        // Per-tap row accumulators keep the inner loop a vectorisable multiply-add; each is
-        // reduced once per channel.
-        let (plane_buf, acc) = buf.split_at_mut(ph.len());
-        let acc = &mut acc[..kk * wo];
+        let (hw, howo, wo, k, kk, step) = (g.hw(), g.howo(), g.wo, g.k, g.kk(), ph.row_step());
+        let (plane_buf, acc) = buf.split_at_mut(ph.len);
+        // Per tap: 16 lane sums for the full 16-column blocks, 8 for an 8-column block, then one
+        // scalar for the remaining columns; reduced once per channel in a fixed order.
+        let per_tap = 16 + 8 + 1;
+        let acc = &mut acc[..kk * per_tap];
+        let full16 = wo / 16 * 16;
+        let has8 = wo - full16 >= 8;
+        let tail_start = full16 + if has8 { 8 } else { 0 };
         for (i, dw_c) in dw.chunks_mut(kk).enumerate() {
             let c = first_c + i;
             acc.fill(0.0);
@@ -825,19 +928,33 @@ simd_fn! {
                 let plane_idx = n * g.ci + c;
                 phase_split(g, &ph, &x[plane_idx * hw..(plane_idx + 1) * hw], plane_buf);
                 let dy_p = &dy[plane_idx * howo..(plane_idx + 1) * howo];
-                for oh in 0..g.ho {
-                    let dyrow = &dy_p[oh * wo..(oh + 1) * wo];
-                    for kh in 0..k {
-                        for kw in 0..k {
-                            let t = ph.tap(g, oh, kh, kw);
-                            let a = &mut acc[(kh * k + kw) * wo..(kh * k + kw + 1) * wo];
-                            mul_acc(a, dyrow, &plane_buf[t..t + wo]);
+                for kh in 0..k {
+                    for kw in 0..k {
+                        let t = kh * k + kw;
+                        let src = &plane_buf[ph.tap(g, kh, kw)..];
+                        let a = &mut acc[t * per_tap..(t + 1) * per_tap];
+                        let mut col = 0;
+                        while col < full16 {
+                            dot_block::<16>(&mut a[..16], dy_p, wo, src, step, g.ho, col);
+                            col += 16;
+                        }
+                        if has8 {
+                            dot_block::<8>(&mut a[16..24], dy_p, wo, src, step, g.ho, col);
+                        }
+                        if tail_start < wo {
+                            let mut sum = 0.0f32;
+                            for oh in 0..g.ho {
+                                for ow in tail_start..wo {
+                                    sum += dy_p[oh * wo + ow] * src[oh * step + ow];
+                                }
+                            }
+                            a[24] += sum;
                         }
                     }
                 }
             }
-            for (tap, out) in dw_c.iter_mut().enumerate() {
-                *out = acc[tap * wo..(tap + 1) * wo].iter().sum();
+            for (t, out) in dw_c.iter_mut().enumerate() {
+                *out = acc[t * per_tap..(t + 1) * per_tap].iter().sum();
             }
         }
     }
@@ -845,7 +962,7 @@ simd_fn! {
 
 /// Planes per parallel task: enough work per task to amortise scheduling, fixed by the shapes.
 fn planes_per_task(plane_work: usize) -> usize {
-    (16384 / plane_work.max(1)).max(1)
+    (65536 / plane_work.max(1)).max(1)
 }
 
 fn dw_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
@@ -855,7 +972,7 @@ fn dw_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
         return y;
     }
     let per = planes_per_task(howo * g.kk());
-    let blen = Phased::new(g).len();
+    let blen = Phased::new(g).len;
     y.par_chunks_mut(per * howo).enumerate().for_each(|(t, y_t)| {
         with_scratch(blen, |buf| dw_fwd_planes(g, x, w, y_t, t * per, buf));
     });
@@ -869,9 +986,11 @@ fn dw_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return dx;
     }
     let per = planes_per_task(g.howo() * g.kk());
-    let blen = Phased::new(g).len();
+    let pad = DyPad::new(g);
+    let blen = g.ho * pad.width + g.s * Phased::new(g).wq;
+    let table = dw_input_taps(g, &pad);
     dx.par_chunks_mut(per * hw).enumerate().for_each(|(t, dx_t)| {
-        with_scratch(blen, |buf| dw_grad_input_planes(g, dy, w, dx_t, t * per, buf));
+        with_scratch(blen, |buf| dw_grad_input_planes(g, &table, dy, w, dx_t, t * per, buf));
     });
     dx
 }
@@ -882,7 +1001,7 @@ fn dw_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if dw.is_empty() {
         return dw;
     }
-    let blen = Phased::new(g).len() + kk * g.wo;
+    let blen = Phased::new(g).len + kk * 25;
     dw.par_chunks_mut(kk).enumerate().for_each(|(c, dw_c)| {
         with_scratch(blen, |buf| dw_grad_weight_channels(g, x, dy, dw_c, c, buf));
     });
@@ -1051,6 +1170,10 @@ mod tests {
             (5, 12, 12, 11, 5, 2, 2, 1, 12),
             (6, 8, 16, 8, 3, 1, 1, 1, 4),
             (17, 4, 6, 7, 3, 1, 2, 2, 1),
+            // Depthwise rows wide enough for the 16- and 8-column register blocks plus a tail.
+            (3, 4, 4, 29, 3, 1, 1, 1, 4),
+            (2, 3, 3, 40, 5, 2, 4, 2, 3),
+            (2, 2, 2, 45, 7, 1, 3, 1, 2),
         ];
         for (i, &(n, ci, co, hw, k, s, p, d, g)) in shapes.iter().enumerate() {
             let mut r = stream(11, "conv-test", &[i as u64]);
