@@ -30,7 +30,12 @@ pub struct ConvParams {
 
 impl Default for ConvParams {
     fn default() -> Self {
-        Self { stride: 1, padding: 0, dilation: 1, groups: 1 }
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
     }
 }
 
@@ -61,13 +66,22 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Registers `weight` (and `bias`) under `path` with the given initial values.
-    pub fn new(path: &Path, weight: Tensor, bias: Option<Tensor>, params: ConvParams) -> Result<Self> {
+    pub fn new(
+        path: &Path,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        params: ConvParams,
+    ) -> Result<Self> {
         let weight = path.param("weight", weight)?;
         let bias = match bias {
             Some(b) => Some(path.param("bias", b)?),
             None => None,
         };
-        Ok(Self { weight, bias, params })
+        Ok(Self {
+            weight,
+            bias,
+            params,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -102,7 +116,12 @@ impl Geom {
     fn new(xd: &[usize], wd: &[usize], p: ConvParams) -> Result<Self> {
         let (n, ci, h, w) = (xd[0], xd[1], xd[2], xd[3]);
         let (co, cig, k) = (wd[0], wd[1], wd[2]);
-        let ConvParams { stride: s, padding: pad, dilation: d, groups: g } = p;
+        let ConvParams {
+            stride: s,
+            padding: pad,
+            dilation: d,
+            groups: g,
+        } = p;
         if s == 0 || d == 0 || g == 0 {
             bail!("conv2d: stride, dilation and groups must be >= 1, got {p:?}");
         }
@@ -118,7 +137,20 @@ impl Geom {
         }
         let ho = (h + 2 * pad - span) / s + 1;
         let wo = (w + 2 * pad - span) / s + 1;
-        Ok(Self { n, ci, co, h, w, k, ho, wo, s, p: pad, d, g })
+        Ok(Self {
+            n,
+            ci,
+            co,
+            h,
+            w,
+            k,
+            ho,
+            wo,
+            s,
+            p: pad,
+            d,
+            g,
+        })
     }
 
     fn x_dims(&self) -> [usize; 4] {
@@ -173,19 +205,43 @@ impl CustomOp2 for ConvFwd {
         "runner-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let x = f32_input(s1, l1, &g.x_dims(), "conv2d input")?;
         let w = f32_input(s2, l2, &g.w_dims(), "conv2d weight")?;
-        let y = if g.depthwise() { dw_forward(g, &x, &w) } else { gemm_forward(g, &x, &w) };
+        let y = if g.depthwise() {
+            dw_forward(g, &x, &w)
+        } else {
+            gemm_forward(g, &x, &w)
+        };
         Ok((CpuStorage::F32(y), Shape::from_dims(&g.y_dims())))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // A constant input (the stem's image batch) needs no gradient: skipping it saves the
         // most expensive of the three passes.
-        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &ConvBwdInput(self.0))?) } else { None };
-        let dw = if w.track_op() { Some(x.apply_op2_no_bwd(grad, &ConvBwdWeight(self.0))?) } else { None };
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(w, &ConvBwdInput(self.0))?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(grad, &ConvBwdWeight(self.0))?)
+        } else {
+            None
+        };
         Ok((dx, dw))
     }
 }
@@ -195,11 +251,21 @@ impl CustomOp2 for ConvBwdInput {
         "runner-conv2d-grad-input"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let dy = f32_input(s1, l1, &g.y_dims(), "conv2d output gradient")?;
         let w = f32_input(s2, l2, &g.w_dims(), "conv2d weight")?;
-        let dx = if g.depthwise() { dw_grad_input(g, &dy, &w) } else { gemm_grad_input(g, &dy, &w) };
+        let dx = if g.depthwise() {
+            dw_grad_input(g, &dy, &w)
+        } else {
+            gemm_grad_input(g, &dy, &w)
+        };
         Ok((CpuStorage::F32(dx), Shape::from_dims(&g.x_dims())))
     }
 }
@@ -209,17 +275,32 @@ impl CustomOp2 for ConvBwdWeight {
         "runner-conv2d-grad-weight"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let x = f32_input(s1, l1, &g.x_dims(), "conv2d input")?;
         let dy = f32_input(s2, l2, &g.y_dims(), "conv2d output gradient")?;
-        let dw = if g.depthwise() { dw_grad_weight(g, &x, &dy) } else { gemm_grad_weight(g, &x, &dy) };
+        let dw = if g.depthwise() {
+            dw_grad_weight(g, &x, &dy)
+        } else {
+            gemm_grad_weight(g, &x, &dy)
+        };
         Ok((CpuStorage::F32(dw), Shape::from_dims(&g.w_dims())))
     }
 }
 
 /// The f32 elements of a tensor in row-major order, borrowed when already contiguous.
-fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, dims: &[usize], what: &str) -> Result<Cow<'a, [f32]>> {
+fn f32_input<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    dims: &[usize],
+    what: &str,
+) -> Result<Cow<'a, [f32]>> {
     if l.dims() != dims {
         bail!("{what}: expected shape {dims:?}, got {:?}", l.dims());
     }
@@ -231,7 +312,10 @@ fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, dims: &[usize], what: &str) -> R
     if let Some((start, end)) = l.contiguous_offsets() {
         return match data.get(start..end) {
             Some(v) if v.len() == len => Ok(Cow::Borrowed(v)),
-            _ => bail!("{what}: storage of {} elements too short for {start}..{end}", data.len()),
+            _ => bail!(
+                "{what}: storage of {} elements too short for {start}..{end}",
+                data.len()
+            ),
         };
     }
     // Strided view (a transpose, a narrow of a non-leading axis, a broadcast): gather it.
@@ -241,7 +325,10 @@ fn f32_input<'a>(s: &'a CpuStorage, l: &Layout, dims: &[usize], what: &str) -> R
         max += dim.saturating_sub(1) * st;
     }
     if len > 0 && max >= data.len() {
-        bail!("{what}: strided view reaches element {max} of {}", data.len());
+        bail!(
+            "{what}: strided view reaches element {max} of {}",
+            data.len()
+        );
     }
     let mut out = Vec::with_capacity(len);
     gather(data, dims, stride, l.start_offset(), &mut out);
@@ -324,11 +411,32 @@ fn add_into(y: &mut [f32], x: &[f32]) {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short runs (one image row, one pixel's channels) that
+/// im2col moves: inline vector moves instead of a `memcpy` call per run.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let v: [f32; 8] = [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]];
+        d.copy_from_slice(&v);
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
+    }
+}
+
 /// Output positions o in 0..n_out whose input index o*s + off - p lies in 0..len.
 #[inline(always)]
 fn valid_range(n_out: usize, s: usize, off: usize, p: usize, len: usize) -> (usize, usize) {
     let lo = if p > off { (p - off).div_ceil(s) } else { 0 };
-    let hi = if len + p > off { ((len + p - off - 1) / s + 1).min(n_out) } else { 0 };
+    let hi = if len + p > off {
+        ((len + p - off - 1) / s + 1).min(n_out)
+    } else {
+        0
+    };
     (lo.min(hi), hi)
 }
 
@@ -353,7 +461,10 @@ fn matmul(
     }
     let reach = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     // These shapes come from validated geometry; the asserts guard the unsafe call below.
-    assert!(reach(m, n, dst.1, dst.2) < dst.0.len(), "gemm dst out of bounds");
+    assert!(
+        reach(m, n, dst.1, dst.2) < dst.0.len(),
+        "gemm dst out of bounds"
+    );
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -415,7 +526,7 @@ simd_fn! {
                         if ow_lo < ow_hi {
                             let first = ow_lo * s + kw * d - p;
                             if s == 1 {
-                                dst[ow_lo..ow_hi].copy_from_slice(&src[first..first + ow_hi - ow_lo]);
+                                copy_short(&mut dst[ow_lo..ow_hi], &src[first..first + ow_hi - ow_lo]);
                             } else {
                                 for (o, v) in dst[ow_lo..ow_hi].iter_mut().zip(src[first..].iter().step_by(s)) {
                                     *o = *v;
@@ -507,13 +618,18 @@ fn gemm_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     };
     let mut y = vec![0.0f32; g.n * g.co * howo];
     let (xs, ys) = (g.ci * g.hw(), g.co * howo);
-    if ys == 0 {
+    // No input channels (or pixels) leaves the zero output; chunking by 0 would panic.
+    if ys == 0 || xs == 0 {
         return y;
     }
     if per_image_parallel(g) {
-        y.par_chunks_mut(ys).zip(x.par_chunks(xs)).for_each(|(y_n, x_n)| one(x_n, y_n));
+        y.par_chunks_mut(ys)
+            .zip(x.par_chunks(xs))
+            .for_each(|(y_n, x_n)| one(x_n, y_n));
     } else {
-        y.chunks_mut(ys).zip(x.chunks(xs)).for_each(|(y_n, x_n)| one(x_n, y_n));
+        y.chunks_mut(ys)
+            .zip(x.chunks(xs))
+            .for_each(|(y_n, x_n)| one(x_n, y_n));
     }
     y
 }
@@ -552,9 +668,13 @@ fn gemm_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         return dx;
     }
     if per_image_parallel(g) {
-        dx.par_chunks_mut(xs).zip(dy.par_chunks(ys)).for_each(|(dx_n, dy_n)| one(dy_n, dx_n));
+        dx.par_chunks_mut(xs)
+            .zip(dy.par_chunks(ys))
+            .for_each(|(dx_n, dy_n)| one(dy_n, dx_n));
     } else {
-        dx.chunks_mut(xs).zip(dy.chunks(ys)).for_each(|(dx_n, dy_n)| one(dy_n, dx_n));
+        dx.chunks_mut(xs)
+            .zip(dy.chunks(ys))
+            .for_each(|(dx_n, dy_n)| one(dy_n, dx_n));
     }
     dx
 }
@@ -563,7 +683,9 @@ fn gemm_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// shapes only (never of the thread count) so that results are reproducible.
 fn weight_grad_chunks(n: usize, partial_len: usize) -> usize {
     const MAX_PARTIAL_FLOATS: usize = 8 << 20;
-    n.min(16).min((MAX_PARTIAL_FLOATS / partial_len.max(1)).max(1)).max(1)
+    n.min(16)
+        .min((MAX_PARTIAL_FLOATS / partial_len.max(1)).max(1))
+        .max(1)
 }
 
 simd_fn! {
@@ -609,7 +731,7 @@ simd_fn! {
                     let base = ih as usize * w;
                     if row_run && ow >= ow_lo && ow < ow_hi {
                         let iw = ow * s - p;
-                        seg.copy_from_slice(&xhwc[(base + iw) * c..(base + iw + k) * c]);
+                        copy_short(seg, &xhwc[(base + iw) * c..(base + iw + k) * c]);
                         continue;
                     }
                     for kw in 0..k {
@@ -619,7 +741,7 @@ simd_fn! {
                             dst.fill(0.0);
                         } else {
                             let at = (base + iw as usize) * c + grp * cg;
-                            dst.copy_from_slice(&xhwc[at..at + cg]);
+                            copy_short(dst, &xhwc[at..at + cg]);
                         }
                     }
                 }
@@ -648,7 +770,16 @@ fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                     im2col_hwc(g, grp, xhwc, colt);
                     (colt, kkc, 1)
                 };
-                matmul(cog, kkc, howo, (&mut dw[grp * cog * kkc..], kkc, 1), !first, (&dy_n[grp * cog * howo..], howo, 1), b, par);
+                matmul(
+                    cog,
+                    kkc,
+                    howo,
+                    (&mut dw[grp * cog * kkc..], kkc, 1),
+                    !first,
+                    (&dy_n[grp * cog * howo..], howo, 1),
+                    b,
+                    par,
+                );
             }
         })
     };
@@ -660,7 +791,12 @@ fn gemm_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let partial = |c: usize| {
         let mut dw = vec![0.0f32; wlen];
         for (i, img) in (c * per..((c + 1) * per).min(g.n)).enumerate() {
-            accumulate(&x[img * xs..(img + 1) * xs], &dy[img * ys..(img + 1) * ys], &mut dw, i == 0);
+            accumulate(
+                &x[img * xs..(img + 1) * xs],
+                &dy[img * ys..(img + 1) * ys],
+                &mut dw,
+                i == 0,
+            );
         }
         dw
     };
@@ -706,7 +842,11 @@ struct Phased {
 impl Phased {
     fn new(g: &Geom) -> Self {
         let wq = (g.w + 2 * g.p).div_ceil(g.s);
-        Self { wq, s: g.s, len: (g.h + 2 * g.p) * g.s * wq }
+        Self {
+            wq,
+            s: g.s,
+            len: (g.h + 2 * g.p) * g.s * wq,
+        }
     }
     /// Distance between the runs read by consecutive output rows.
     fn row_step(&self) -> usize {
@@ -727,7 +867,7 @@ fn phase_split(g: &Geom, ph: &Phased, plane: &[f32], buf: &mut [f32]) {
         let src = &plane[ih * w..(ih + 1) * w];
         let r = ih + p;
         if s == 1 {
-            buf[r * wq + p..r * wq + p + w].copy_from_slice(src);
+            copy_short(&mut buf[r * wq + p..r * wq + p + w], src);
         } else {
             for (iw, &v) in src.iter().enumerate() {
                 let c = iw + p;
@@ -774,7 +914,15 @@ fn gather_row(out: &mut [f32], src: &[f32], taps: &[(usize, f32)]) {
 /// columns starting at i (rows accumulated in registers first).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dot_block<const L: usize>(lanes: &mut [f32], a: &[f32], a_step: usize, b: &[f32], b_step: usize, rows: usize, i: usize) {
+fn dot_block<const L: usize>(
+    lanes: &mut [f32],
+    a: &[f32],
+    a_step: usize,
+    b: &[f32],
+    b_step: usize,
+    rows: usize,
+    i: usize,
+) {
     let mut acc = [0.0f32; L];
     for r in 0..rows {
         let x = &a[r * a_step + i..r * a_step + i + L];
@@ -822,7 +970,10 @@ struct DyPad {
 impl DyPad {
     fn new(g: &Geom) -> Self {
         let left = (g.k - 1) * g.d / g.s;
-        Self { left, width: Phased::new(g).wq + left }
+        Self {
+            left,
+            width: Phased::new(g).wq + left,
+        }
     }
 }
 
@@ -840,7 +991,9 @@ fn dw_input_taps(g: &Geom, pad: &DyPad) -> (Vec<(usize, usize)>, Vec<usize>) {
         for phase in 0..s {
             starts.push(taps.len());
             for kh in 0..k {
-                let Some(rr) = r.checked_sub(kh * d) else { break };
+                let Some(rr) = r.checked_sub(kh * d) else {
+                    break;
+                };
                 if rr % s != 0 || rr / s >= g.ho {
                     continue;
                 }
@@ -884,7 +1037,7 @@ simd_fn! {
             dyc.fill(0.0);
             for oh in 0..g.ho {
                 let at = oh * pad.width + pad.left;
-                dyc[at..at + wo].copy_from_slice(&dy_p[oh * wo..(oh + 1) * wo]);
+                copy_short(&mut dyc[at..at + wo], &dy_p[oh * wo..(oh + 1) * wo]);
             }
             for ih in 0..g.h {
                 let dst = &mut dx_p[ih * g.w..(ih + 1) * g.w];
@@ -973,9 +1126,11 @@ fn dw_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     }
     let per = planes_per_task(howo * g.kk());
     let blen = Phased::new(g).len;
-    y.par_chunks_mut(per * howo).enumerate().for_each(|(t, y_t)| {
-        with_scratch(blen, |buf| dw_fwd_planes(g, x, w, y_t, t * per, buf));
-    });
+    y.par_chunks_mut(per * howo)
+        .enumerate()
+        .for_each(|(t, y_t)| {
+            with_scratch(blen, |buf| dw_fwd_planes(g, x, w, y_t, t * per, buf));
+        });
     y
 }
 
@@ -989,9 +1144,13 @@ fn dw_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let pad = DyPad::new(g);
     let blen = g.ho * pad.width + g.s * Phased::new(g).wq;
     let table = dw_input_taps(g, &pad);
-    dx.par_chunks_mut(per * hw).enumerate().for_each(|(t, dx_t)| {
-        with_scratch(blen, |buf| dw_grad_input_planes(g, &table, dy, w, dx_t, t * per, buf));
-    });
+    dx.par_chunks_mut(per * hw)
+        .enumerate()
+        .for_each(|(t, dx_t)| {
+            with_scratch(blen, |buf| {
+                dw_grad_input_planes(g, &table, dy, w, dx_t, t * per, buf)
+            });
+        });
     dx
 }
 
@@ -1032,16 +1191,24 @@ mod tests {
     /// The cases of `tests/fixtures/gen_conv.py` (see its docstring for the layout).
     fn load_cases() -> Vec<Case> {
         let all = Tensor::read_npz(FIXTURE).unwrap();
-        let get = |key: &str| all.iter().find(|(k, _)| k == key).map(|(_, t)| t.clone()).unwrap();
-        let mut names: Vec<String> =
-            all.iter().filter_map(|(k, _)| k.strip_suffix(".meta").map(str::to_string)).collect();
+        let get = |key: &str| {
+            all.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
+        let mut names: Vec<String> = all
+            .iter()
+            .filter_map(|(k, _)| k.strip_suffix(".meta").map(str::to_string))
+            .collect();
         names.sort();
         names
             .into_iter()
             .map(|name| {
                 let m = get(&format!("{name}.meta")).to_vec1::<i64>().unwrap();
                 let m: Vec<usize> = m.iter().map(|&v| v as usize).collect();
-                let (n, ci, co, h, w, k, s, p, d, g) = (m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9]);
+                let (n, ci, co, h, w, k, s, p, d, g) =
+                    (m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9]);
                 let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
                 let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
                 let data = get(&format!("{name}.data"));
@@ -1058,13 +1225,22 @@ mod tests {
                 let mut off = 0;
                 let mut parts = shapes.iter().map(|s| {
                     let len = s.iter().product::<usize>();
-                    let t = data.narrow(0, off, len).unwrap().reshape(s.as_slice()).unwrap();
+                    let t = data
+                        .narrow(0, off, len)
+                        .unwrap()
+                        .reshape(s.as_slice())
+                        .unwrap();
                     off += len;
                     t
                 });
                 let mut next = || parts.next().unwrap();
                 Case {
-                    p: ConvParams { stride: s, padding: p, dilation: d, groups: g },
+                    p: ConvParams {
+                        stride: s,
+                        padding: p,
+                        dilation: d,
+                        groups: g,
+                    },
                     x: next(),
                     w: next(),
                     g: next(),
@@ -1081,16 +1257,30 @@ mod tests {
         assert_eq!(a.dims(), b.dims());
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         let scale = b.iter().map(|y| y.abs()).fold(0.0f32, f32::max).max(1e-6);
         diff / scale
     }
 
     /// (y, dx, dw) of loss = sum(y * g), with x either a Var or a constant.
-    fn run(x: &Tensor, w: &Tensor, g: &Tensor, p: ConvParams, x_var: bool) -> (Tensor, Option<Tensor>, Tensor) {
+    fn run(
+        x: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        p: ConvParams,
+        x_var: bool,
+    ) -> (Tensor, Option<Tensor>, Tensor) {
         let xv = Var::from_tensor(x).unwrap();
         let wv = Var::from_tensor(w).unwrap();
-        let xin = if x_var { xv.as_tensor().clone() } else { x.clone() };
+        let xin = if x_var {
+            xv.as_tensor().clone()
+        } else {
+            x.clone()
+        };
         let y = conv2d(&xin, wv.as_tensor(), p).unwrap();
         let grads = (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
         let dx = grads.get(&xin).cloned();
@@ -1106,13 +1296,20 @@ mod tests {
             let (y, dx, dw) = run(&c.x, &c.w, &c.g, c.p, true);
             let dx = dx.unwrap_or_else(|| panic!("{}: no input gradient", c.name));
             let (ey, edx, edw) = (rel_err(&y, &c.y), rel_err(&dx, &c.dx), rel_err(&dw, &c.dw));
-            assert!(ey <= TOL && edx <= TOL && edw <= TOL, "{}: rel err y {ey} dx {edx} dw {edw}", c.name);
+            assert!(
+                ey <= TOL && edx <= TOL && edw <= TOL,
+                "{}: rel err y {ey} dx {edx} dw {edw}",
+                c.name
+            );
         }
     }
 
     #[test]
     fn non_contiguous_input_and_gradient() {
-        for c in load_cases().iter().filter(|c| ["k3p1_s2", "dw3_s2", "g2_k3", "k1"].contains(&c.name.as_str())) {
+        for c in load_cases()
+            .iter()
+            .filter(|c| ["k3p1_s2", "dw3_s2", "g2_k3", "k1"].contains(&c.name.as_str()))
+        {
             let (n, ci, h, w) = c.x.dims4().unwrap();
             // A transposed view: stored as (N, C, W, H), read as (N, C, H, W).
             let xt = Var::from_tensor(&c.x.transpose(2, 3).unwrap().contiguous().unwrap()).unwrap();
@@ -1124,34 +1321,73 @@ mod tests {
             assert!(rel_err(&y, &c.y) <= TOL, "{}: transposed forward", c.name);
             let dxt = grads.get(xt.as_tensor()).unwrap().transpose(2, 3).unwrap();
             assert!(rel_err(&dxt, &c.dx) <= TOL, "{}: transposed dx", c.name);
-            assert!(rel_err(grads.get(wv.as_tensor()).unwrap(), &c.dw) <= TOL, "{}: transposed dw", c.name);
+            assert!(
+                rel_err(grads.get(wv.as_tensor()).unwrap(), &c.dw) <= TOL,
+                "{}: transposed dw",
+                c.name
+            );
 
             // A narrowed view (the FactorizedReduce pattern x[:, :, 1:, 1:] on a larger map) whose
             // gradient arrives as a non-contiguous upstream gradient too.
             let big = Tensor::zeros((n, ci, h + 1, w + 1), DType::F32, &Device::Cpu).unwrap();
-            let big = big.slice_assign(&[0..n, 0..ci, 1..h + 1, 1..w + 1], &c.x).unwrap();
+            let big = big
+                .slice_assign(&[0..n, 0..ci, 1..h + 1, 1..w + 1], &c.x)
+                .unwrap();
             let bv = Var::from_tensor(&big).unwrap();
-            let view = bv.as_tensor().narrow(2, 1, h).unwrap().narrow(3, 1, w).unwrap();
+            let view = bv
+                .as_tensor()
+                .narrow(2, 1, h)
+                .unwrap()
+                .narrow(3, 1, w)
+                .unwrap();
             assert!(!view.is_contiguous());
             let y = conv2d(&view, &c.w, c.p).unwrap();
             assert!(rel_err(&y, &c.y) <= TOL, "{}: narrowed forward", c.name);
-            let gt = c.g.transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+            let gt =
+                c.g.transpose(2, 3)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .transpose(2, 3)
+                    .unwrap();
             let grads = (&y * &gt).unwrap().sum_all().unwrap().backward().unwrap();
             let db = grads.get(bv.as_tensor()).unwrap();
             let dx = db.narrow(2, 1, h).unwrap().narrow(3, 1, w).unwrap();
             assert!(rel_err(&dx, &c.dx) <= TOL, "{}: narrowed dx", c.name);
             // Row 0 and column 0 of the larger map are not read by the view.
-            let edge = db.narrow(2, 0, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
-                + db.narrow(3, 0, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let edge = db
+                .narrow(2, 0, 1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                + db.narrow(3, 0, 1)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
             assert_eq!(edge, 0.0, "{}: gradient leaked outside the view", c.name);
         }
     }
 
     #[test]
     fn constant_input_gets_no_gradient() {
-        for c in load_cases().iter().filter(|c| ["k3p1", "dw5_s2", "k1_s2"].contains(&c.name.as_str())) {
+        for c in load_cases()
+            .iter()
+            .filter(|c| ["k3p1", "dw5_s2", "k1_s2"].contains(&c.name.as_str()))
+        {
             let (y, dx, dw) = run(&c.x, &c.w, &c.g, c.p, false);
-            assert!(dx.is_none(), "{}: constant input received a gradient", c.name);
+            assert!(
+                dx.is_none(),
+                "{}: constant input received a gradient",
+                c.name
+            );
             assert!(rel_err(&y, &c.y) <= TOL, "{}", c.name);
             assert!(rel_err(&dw, &c.dw) <= TOL, "{}", c.name);
         }
@@ -1179,19 +1415,33 @@ mod tests {
             let mut r = stream(11, "conv-test", &[i as u64]);
             let x = init::uniform(&mut r, &[n, ci, hw, hw], -1.0, 1.0, &dev).unwrap();
             let w = init::pytorch_default_weight(&mut r, &[co, ci / g, k, k], &dev).unwrap();
-            let p = ConvParams { stride: s, padding: p, dilation: d, groups: g };
+            let p = ConvParams {
+                stride: s,
+                padding: p,
+                dilation: d,
+                groups: g,
+            };
             let y0 = conv2d(&x, &w, p).unwrap();
             let gy = init::uniform(&mut r, y0.dims(), -1.0, 1.0, &dev).unwrap();
             let (y, dx, dw) = run(&x, &w, &gy, p, true);
 
             let xv = Var::from_tensor(&x).unwrap();
             let wv = Var::from_tensor(&w).unwrap();
-            let yb = xv.as_tensor().conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, p.groups).unwrap();
+            let yb = xv
+                .as_tensor()
+                .conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, p.groups)
+                .unwrap();
             let grads = (&yb * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             let what = format!("shape {i} {:?}", shapes[i]);
             assert!(rel_err(&y, &yb) <= TOL, "{what}: forward");
-            assert!(rel_err(&dx.unwrap(), grads.get(xv.as_tensor()).unwrap()) <= TOL, "{what}: dx");
-            assert!(rel_err(&dw, grads.get(wv.as_tensor()).unwrap()) <= TOL, "{what}: dw");
+            assert!(
+                rel_err(&dx.unwrap(), grads.get(xv.as_tensor()).unwrap()) <= TOL,
+                "{what}: dx"
+            );
+            assert!(
+                rel_err(&dw, grads.get(wv.as_tensor()).unwrap()) <= TOL,
+                "{what}: dw"
+            );
         }
     }
 
@@ -1199,21 +1449,42 @@ mod tests {
     fn bit_identical_with_one_or_two_threads() {
         let dev = Device::Cpu;
         let mut r = stream(12, "conv-det", &[]);
-        let cases = [(24, 8, 8, 10, 3, 1, 1, 1), (24, 8, 8, 10, 3, 2, 1, 8), (3, 8, 16, 10, 3, 1, 1, 1)];
+        // Batch-parallel gemm, depthwise, a small batch, and one image (a multi-threaded gemm).
+        let cases = [
+            (24, 8, 8, 10, 3, 1, 1, 1),
+            (24, 8, 8, 10, 3, 2, 1, 8),
+            (3, 8, 16, 10, 3, 1, 1, 1),
+            (1, 16, 24, 20, 3, 1, 1, 1),
+        ];
         for (n, ci, co, hw, k, s, p, g) in cases {
             let x = init::uniform(&mut r, &[n, ci, hw, hw], -1.0, 1.0, &dev).unwrap();
             let w = init::pytorch_default_weight(&mut r, &[co, ci / g, k, k], &dev).unwrap();
-            let p = ConvParams { stride: s, padding: p, dilation: 1, groups: g };
-            let gy = init::uniform(&mut r, conv2d(&x, &w, p).unwrap().dims(), -1.0, 1.0, &dev).unwrap();
+            let p = ConvParams {
+                stride: s,
+                padding: p,
+                dilation: 1,
+                groups: g,
+            };
+            let gy =
+                init::uniform(&mut r, conv2d(&x, &w, p).unwrap().dims(), -1.0, 1.0, &dev).unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let once = || {
                 let (y, dx, dw) = run(&x, &w, &gy, p, true);
                 (flat(&y), flat(&dx.unwrap()), flat(&dw))
             };
-            let pool = |t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+            let pool = |t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            };
             let a = pool(1).install(once);
             let b = pool(2).install(once);
-            assert!(a == b, "results differ between 1 and 2 threads for {:?}", (n, ci, co, hw, k, s, g));
+            assert!(
+                a == b,
+                "results differ between 1 and 2 threads for {:?}",
+                (n, ci, co, hw, k, s, g)
+            );
         }
     }
 
@@ -1223,11 +1494,48 @@ mod tests {
         let x = Tensor::zeros((2, 4, 5, 5), DType::F32, &dev).unwrap();
         let p = ConvParams::default();
         let w = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &dev).unwrap();
-        assert!(conv2d(&x, &w(&[4, 3, 3, 3]), p).is_err(), "channel mismatch");
-        assert!(conv2d(&x, &w(&[3, 2, 3, 3]), ConvParams { groups: 2, ..p }).is_err(), "C_out % groups");
-        assert!(conv2d(&x, &w(&[4, 4, 7, 7]), p).is_err(), "kernel larger than input");
-        assert!(conv2d(&x, &w(&[4, 4, 3, 3]), ConvParams { stride: 0, ..p }).is_err(), "stride 0");
-        assert!(conv2d(&x.flatten_all().unwrap(), &w(&[4, 4, 3, 3]), p).is_err(), "rank");
+        assert!(
+            conv2d(&x, &w(&[4, 3, 3, 3]), p).is_err(),
+            "channel mismatch"
+        );
+        assert!(
+            conv2d(&x, &w(&[3, 2, 3, 3]), ConvParams { groups: 2, ..p }).is_err(),
+            "C_out % groups"
+        );
+        assert!(
+            conv2d(&x, &w(&[4, 4, 7, 7]), p).is_err(),
+            "kernel larger than input"
+        );
+        assert!(
+            conv2d(&x, &w(&[4, 4, 3, 3]), ConvParams { stride: 0, ..p }).is_err(),
+            "stride 0"
+        );
+        assert!(
+            conv2d(&x.flatten_all().unwrap(), &w(&[4, 4, 3, 3]), p).is_err(),
+            "rank"
+        );
+        // An empty batch gives an empty output and empty gradients.
+        let empty =
+            Var::from_tensor(&Tensor::zeros((0, 4, 5, 5), DType::F32, &dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&w(&[4, 4, 3, 3])).unwrap();
+        let y = conv2d(
+            empty.as_tensor(),
+            wv.as_tensor(),
+            ConvParams { padding: 1, ..p },
+        )
+        .unwrap();
+        assert_eq!(y.dims(), &[0, 4, 5, 5]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            grads
+                .get(wv.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
         // Exactly fitting kernel: 7x7 with padding 1 on 5x5 gives 1x1.
         let y = conv2d(&x, &w(&[2, 4, 7, 7]), ConvParams { padding: 1, ..p }).unwrap();
         assert_eq!(y.dims(), &[2, 2, 1, 1]);
@@ -1235,17 +1543,33 @@ mod tests {
 
     #[test]
     fn f64_falls_back_to_candle_and_layer_adds_bias() {
-        let c = load_cases().into_iter().find(|c| c.name == "g2_k3").unwrap();
-        let y64 = conv2d(&c.x.to_dtype(DType::F64).unwrap(), &c.w.to_dtype(DType::F64).unwrap(), c.p).unwrap();
+        let c = load_cases()
+            .into_iter()
+            .find(|c| c.name == "g2_k3")
+            .unwrap();
+        let y64 = conv2d(
+            &c.x.to_dtype(DType::F64).unwrap(),
+            &c.w.to_dtype(DType::F64).unwrap(),
+            c.p,
+        )
+        .unwrap();
         assert_eq!(y64.dtype(), DType::F64);
         assert!(rel_err(&y64.to_dtype(DType::F32).unwrap(), &c.y) <= TOL);
 
         let store = crate::nn::Store::new(&Device::Cpu);
         let co = c.w.dim(0).unwrap();
         let bias = Tensor::arange(0f32, co as f32, &Device::Cpu).unwrap();
-        let layer = Conv2d::new(&store.root().pp("conv"), c.w.clone(), Some(bias.clone()), c.p).unwrap();
+        let layer = Conv2d::new(
+            &store.root().pp("conv"),
+            c.w.clone(),
+            Some(bias.clone()),
+            c.p,
+        )
+        .unwrap();
         let y = layer.forward(&c.x).unwrap();
-        let want = c.y.broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap()).unwrap();
+        let want =
+            c.y.broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
+                .unwrap();
         assert!(rel_err(&y, &want) <= TOL);
     }
 
@@ -1268,7 +1592,13 @@ mod tests {
         // mostly measures the other tenants.
         let cpu_s = || {
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-            let f: Vec<f64> = stat.rsplit(')').next().unwrap().split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+            let f: Vec<f64> = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0.0))
+                .collect();
             (f[11] + f[12]) / 100.0
         };
         // (median wall ms, mean CPU ms) per call.
@@ -1296,19 +1626,32 @@ mod tests {
             let mut r = stream(1, "bench", &[]);
             let x = init::uniform(&mut r, &[n, ci, hw, hw], -1.0, 1.0, &dev).unwrap();
             let w = init::pytorch_default_weight(&mut r, &[co, ci / g, k, k], &dev).unwrap();
-            let p = ConvParams { stride: s, padding: p, dilation: d, groups: g };
+            let p = ConvParams {
+                stride: s,
+                padding: p,
+                dilation: d,
+                groups: g,
+            };
             let geom = Geom::new(x.dims(), w.dims(), p).unwrap();
             let gy = init::uniform(&mut r, &geom.y_dims(), -1.0, 1.0, &dev).unwrap();
             let fwd = median_ms(&mut || drop(x.apply_op2_no_bwd(&w, &ConvFwd(geom)).unwrap()));
             let dx = median_ms(&mut || drop(gy.apply_op2_no_bwd(&w, &ConvBwdInput(geom)).unwrap()));
-            let dw = median_ms(&mut || drop(x.apply_op2_no_bwd(&gy, &ConvBwdWeight(geom)).unwrap()));
+            let dw =
+                median_ms(&mut || drop(x.apply_op2_no_bwd(&gy, &ConvBwdWeight(geom)).unwrap()));
             let xv = Var::from_tensor(&x).unwrap();
             let wv = Var::from_tensor(&w).unwrap();
             let mut builtin = || {
-                let y = xv.as_tensor().conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, p.groups).unwrap();
+                let y = xv
+                    .as_tensor()
+                    .conv2d(wv.as_tensor(), p.padding, p.stride, p.dilation, p.groups)
+                    .unwrap();
                 drop((&y * &gy).unwrap().sum_all().unwrap().backward().unwrap());
             };
-            let candle = if std::env::var("BENCH_CANDLE").is_ok() { median_ms(&mut builtin) } else { (0.0, 0.0) };
+            let candle = if std::env::var("BENCH_CANDLE").is_ok() {
+                median_ms(&mut builtin)
+            } else {
+                (0.0, 0.0)
+            };
             println!(
                 "{name:26} wall fwd {:6.2} dx {:6.2} dw {:6.2} | cpu/2 fwd {:6.2} dx {:6.2} dw {:6.2} ms | candle wall {:7.1} cpu/2 {:7.1}",
                 fwd.0,
