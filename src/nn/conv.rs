@@ -184,6 +184,17 @@ impl Geom {
     fn direct(&self) -> bool {
         self.k == 1 && self.s == 1 && self.p == 0
     }
+    /// Row stride of the im2col matrix: Ho*Wo rounded up to 16 floats and, when that is a
+    /// multiple of 64 floats, moved off by 16 more, so that the K*K*C rows gemm walks down in
+    /// step do not all map to the same few L1 sets (a 4 KiB row stride aliases).
+    fn col_ld(&self) -> usize {
+        let ld = self.howo().next_multiple_of(16);
+        if ld % 64 == 0 {
+            ld + 16
+        } else {
+            ld
+        }
+    }
     /// Rows of the im2col matrix: (c, kh, kw) over all channels.
     fn col_rows(&self) -> usize {
         self.ci * self.kk()
@@ -508,12 +519,13 @@ simd_fn! {
     /// col (C*K*K, Ho*Wo) of one image x_n (C, H, W); rows ordered (c, kh, kw).
     fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
         let (howo, wo, hw, w, s, k, d, p) = (g.howo(), g.wo, g.hw(), g.w, g.s, g.k, g.d, g.p);
+        let ld = g.col_ld();
         for c in 0..g.ci {
             let plane = &x[c * hw..(c + 1) * hw];
             for kh in 0..k {
                 let (oh_lo, oh_hi) = valid_range(g.ho, s, kh * d, p, g.h);
                 for kw in 0..k {
-                    let row = &mut col[((c * k + kh) * k + kw) * howo..][..howo];
+                    let row = &mut col[((c * k + kh) * k + kw) * ld..][..howo];
                     let (ow_lo, ow_hi) = valid_range(wo, s, kw * d, p, w);
                     row[..oh_lo * wo].fill(0.0);
                     row[oh_hi * wo..].fill(0.0);
@@ -544,13 +556,14 @@ simd_fn! {
     /// dx_n (C, H, W) = col2im(dcol): the adjoint of `im2col`, overwriting dx.
     fn col2im(g: &Geom, dcol: &[f32], dx: &mut [f32]) {
         let (howo, wo, hw, w, s, k, d, p) = (g.howo(), g.wo, g.hw(), g.w, g.s, g.k, g.d, g.p);
+        let ld = g.col_ld();
         dx.fill(0.0);
         for c in 0..g.ci {
             let plane = &mut dx[c * hw..(c + 1) * hw];
             for kh in 0..k {
                 let (oh_lo, oh_hi) = valid_range(g.ho, s, kh * d, p, g.h);
                 for kw in 0..k {
-                    let row = &dcol[((c * k + kh) * k + kw) * howo..][..howo];
+                    let row = &dcol[((c * k + kh) * k + kw) * ld..][..howo];
                     let (ow_lo, ow_hi) = valid_range(wo, s, kw * d, p, w);
                     if ow_lo >= ow_hi {
                         continue;
@@ -593,7 +606,7 @@ fn gemm_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (cog, ckk, howo) = (g.cog(), g.cig() * g.kk(), g.howo());
     let par = inner_par(g);
     let one = |x_n: &[f32], y_n: &mut [f32]| {
-        let run = |col: &[f32], y_n: &mut [f32]| {
+        let run = |col: &[f32], ld: usize, y_n: &mut [f32]| {
             for grp in 0..g.g {
                 matmul(
                     cog,
@@ -602,17 +615,17 @@ fn gemm_forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     (&mut y_n[grp * cog * howo..], howo, 1),
                     false,
                     (&w[grp * cog * ckk..], ckk, 1),
-                    (&col[grp * ckk * howo..], howo, 1),
+                    (&col[grp * ckk * ld..], ld, 1),
                     par,
                 );
             }
         };
         if g.direct() {
-            run(x_n, y_n);
+            run(x_n, howo, y_n);
         } else {
-            with_scratch(g.col_rows() * howo, |col| {
+            with_scratch(g.col_rows() * g.col_ld(), |col| {
                 im2col(g, x_n, col);
-                run(col, y_n);
+                run(col, g.col_ld(), y_n);
             });
         }
     };
@@ -639,13 +652,13 @@ fn gemm_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let par = inner_par(g);
     let one = |dy_n: &[f32], dx_n: &mut [f32]| {
         // dcol_g (C_in/g*K*K, HoWo) = W_g^T @ dy_g
-        let run = |dcol: &mut [f32]| {
+        let run = |dcol: &mut [f32], ld: usize| {
             for grp in 0..g.g {
                 matmul(
                     ckk,
                     howo,
                     cog,
-                    (&mut dcol[grp * ckk * howo..], howo, 1),
+                    (&mut dcol[grp * ckk * ld..], ld, 1),
                     false,
                     (&w[grp * cog * ckk..], 1, ckk),
                     (&dy_n[grp * cog * howo..], howo, 1),
@@ -654,10 +667,10 @@ fn gemm_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
             }
         };
         if g.direct() {
-            run(dx_n);
+            run(dx_n, howo);
         } else {
-            with_scratch(g.col_rows() * howo, |dcol| {
-                run(dcol);
+            with_scratch(g.col_rows() * g.col_ld(), |dcol| {
+                run(dcol, g.col_ld());
                 col2im(g, dcol, dx_n);
             });
         }
@@ -1573,8 +1586,10 @@ mod tests {
         assert!(rel_err(&y, &want) <= TOL);
     }
 
-    /// Timings, not a check: `RAYON_NUM_THREADS=2 cargo test --lib nn::conv::tests::bench_conv --
-    /// --ignored --nocapture` (compare with `tests/fixtures/bench_conv_torch.py`).
+    /// Timings, not a check: `RAYON_NUM_THREADS=2 cargo test --release --lib
+    /// nn::conv::tests::bench_conv -- --ignored --nocapture` (optional env: BENCH_ONLY=<name
+    /// substring>, BENCH_CANDLE=1 to time candle's built-in conv too). Compare with
+    /// `/usr/bin/python3 tests/fixtures/bench_conv_torch.py`.
     #[test]
     #[ignore]
     fn bench_conv() {
