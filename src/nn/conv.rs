@@ -189,7 +189,7 @@ impl Geom {
     /// step do not all map to the same few L1 sets (a 4 KiB row stride aliases).
     fn col_ld(&self) -> usize {
         let ld = self.howo().next_multiple_of(16);
-        if ld % 64 == 0 {
+        if ld.is_multiple_of(64) {
             ld + 16
         } else {
             ld
