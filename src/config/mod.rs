@@ -8,6 +8,11 @@ pub mod defaults;
 pub mod schema;
 
 pub use schema::*;
+pub mod errors;
 pub mod load;
+mod spans;
+pub mod suggest;
+pub mod validate;
 
-pub use load::{load, Resolved};
+pub use errors::{ConfigError, Place};
+pub use load::{load, load_from, load_str, Resolved};

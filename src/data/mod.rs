@@ -1,11 +1,20 @@
 //! Datasets, augmentation and loaders. Knows nothing of spaces or training.
-//! TODO(helper data): readers, splits, augmentation, prefetching loader.
+//!
+//! Readers: [`pickle`] (a safe pickle decoder), [`cifar`] (pickle batches and binary records),
+//! [`imagenet16`], [`image_folder`] (JPEG class folders) and [`splits`] (NB201 split files);
+//! [`build()`] turns the `[data]` config into a [`Split`]; [`loader`] makes augmented batches on a
+//! background thread.
 
 pub mod augment;
 pub mod build;
+pub mod cifar;
+pub mod image_folder;
+pub mod imagenet16;
 pub mod loader;
+pub mod pickle;
+pub mod splits;
 
-pub use augment::{Augment, Normalize};
+pub use augment::{Augment, Draws, Normalize};
 pub use build::{build, Split};
 pub use loader::{batches, shuffled, Batch, BatchIter};
 

@@ -165,8 +165,10 @@ impl Store {
             );
         }
         for (k, v) in g.params.iter().chain(g.buffers.iter()) {
-            let t = &values[k];
-            v.set(&t.to_device(&self.device)?.to_dtype(self.dtype)?)?;
+            // `copy` so that a tensor sharing the Var's own storage (candle refuses to set a Var
+            // from itself) and a checkpoint tensor are treated alike.
+            let t = values[k].to_device(&self.device)?.to_dtype(self.dtype)?.copy()?;
+            v.set(&t)?;
         }
         Ok(())
     }
