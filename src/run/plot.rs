@@ -2,6 +2,7 @@
 //! libraries: the text is SVG `<text>` that the browser lays out).
 
 use anyhow::{anyhow, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 pub const BLUE_: RGBColor = RGBColor(31, 119, 180);
@@ -45,24 +46,26 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing a chart: {e}")
 }
 
+/// Axes, labels and grid. `integer_x`: the x values are counts (epochs, steps), so its labels
+/// are whole numbers and there are no more of them than integers in the range.
 fn mesh<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
     x_desc: &str,
     y_desc: &str,
+    integer_x: Option<(f64, f64)>,
 ) -> Result<()> {
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
+    let whole = |x: &f64| format!("{x:.0}");
+    let mut m = chart.configure_mesh();
+    m.x_desc(x_desc)
         .y_desc(y_desc)
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(err)
+        .light_line_style(WHITE.mix(0.0));
+    if let Some((x0, x1)) = integer_x {
+        let count = (x1.floor() - x0.ceil() + 1.0).clamp(1.0, 10.0) as usize;
+        m.x_labels(count).x_label_formatter(&whole);
+    }
+    m.draw().map_err(err)
 }
 
 /// A scatter plot: one circle per finite point.
@@ -91,7 +94,7 @@ pub fn scatter(
             .y_label_area_size(58)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(err)?;
-        mesh(&mut chart, x_desc, y_desc)?;
+        mesh(&mut chart, x_desc, y_desc, None)?;
         chart
             .draw_series(
                 pts.iter()
@@ -103,13 +106,15 @@ pub fn scatter(
     Ok(svg)
 }
 
-/// A line chart with a legend; `y_range` fixes the y axis (correlations: -1..1).
+/// A line chart with a legend; `y_range` fixes the y axis (correlations: -1..1); `integer_x`
+/// labels the x axis with whole numbers (epochs, steps).
 pub fn lines(
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
     y_range: Option<(f64, f64)>,
+    integer_x: bool,
     size: (u32, u32),
 ) -> Result<String> {
     let all = || {
@@ -131,7 +136,7 @@ pub fn lines(
             .y_label_area_size(58)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(err)?;
-        mesh(&mut chart, x_desc, y_desc)?;
+        mesh(&mut chart, x_desc, y_desc, integer_x.then_some((x0, x1)))?;
         let mut labelled = false;
         for s in series {
             // Undefined values (a correlation of constant scores) break the line instead of
@@ -216,7 +221,7 @@ mod tests {
             width: 2,
             faint: false,
         };
-        let svg = lines("c", "epoch", "r", &[s], Some((-1.0, 1.0)), (400, 300)).unwrap();
+        let svg = lines("c", "epoch", "r", &[s], Some((-1.0, 1.0)), true, (400, 300)).unwrap();
         // Two segments -> two polylines (one of a single point), plus the legend's line.
         assert_eq!(
             svg.matches("<polyline fill=\"none\" opacity=\"1\" stroke=\"#1F77B4\"")

@@ -141,6 +141,7 @@ fn correlation_figure(history: &[EvalRecord]) -> Result<String> {
         "correlation with ground truth",
         &series,
         Some((-1.0, 1.0)),
+        true,
         (580, 440),
     )
 }
@@ -175,7 +176,15 @@ fn train_figure(
             faint: false,
         },
     ];
-    plot::lines(title, "optimizer step", y_desc, &series, None, (580, 360))
+    plot::lines(
+        title,
+        "optimizer step",
+        y_desc,
+        &series,
+        None,
+        true,
+        (580, 360),
+    )
 }
 
 fn eval_table(history: &[EvalRecord]) -> String {
@@ -202,11 +211,12 @@ fn eval_table(history: &[EvalRecord]) -> String {
     t
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:24px;color:#222;max-width:1220px}\
+const STYLE: &str = "body{font-family:sans-serif;margin:16px 20px;color:#222;max-width:1240px}\
 h1{font-size:22px;margin:0 0 6px}h2{font-size:17px;margin:22px 0 8px}\
 .meta{color:#555;font-size:13px;line-height:1.6}.meta b{color:#222}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
-th{background:#f3f3f3}.grid{display:grid;grid-template-columns:repeat(2,590px);gap:14px}\
+th{background:#f3f3f3}.grid{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:12px}\
+svg{display:block;width:100%;height:auto}\
 figure{margin:0;border:1px solid #ddd;padding:4px}figcaption{font-size:12px;color:#555;padding:4px}\
 .none{color:#888;font-style:italic;padding:20px}";
 
