@@ -160,3 +160,31 @@ fn bad_inputs_fail_with_one_line() {
         assert!(!t.path().join("c").join("..").join("evil").exists());
     }
 }
+
+#[test]
+fn corrupt_checkpoint_is_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "d");
+    let quick = ["--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "eval.at_start=false", "--set", "eval.num_archs=2"];
+    let st = runner().arg(&cfg).args(quick).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let dir = run_dir(&t.path().join("d"));
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    let ck = dir.join("checkpoints/latest.safetensors");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&ck, &bytes).unwrap();
+    let st = runner().arg(&cfg).args(quick).output().unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.lines().last().unwrap().contains("corrupt"), "{err}");
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the corrupt checkpoint must be left as it was");
+
+    // An output root that cannot be created (a path below a regular file).
+    let blocker = t.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let st = runner().arg(&cfg).args(quick).args(["--set", &format!("experiment.output=\"{}\"", blocker.join("out").display())]).output().unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.lines().last().unwrap().contains("cannot create output folder"), "{err}");
+}

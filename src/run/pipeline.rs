@@ -247,8 +247,12 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         prefetch: cfg.data.prefetch,
     };
     let mut valid_indices = d.valid_indices.clone();
-    if cfg.eval.valid_images > 0 {
-        valid_indices.truncate(cfg.eval.valid_images);
+    if cfg.eval.valid_images > 0 && cfg.eval.valid_images < valid_indices.len() {
+        // A seeded subset in the original order: files are often sorted by class, so a prefix
+        // would cover only some classes.
+        let mut pick: Vec<usize> = data::shuffled(valid_indices.len(), seed, "valid-subset", &[]).into_iter().take(cfg.eval.valid_images).collect();
+        pick.sort_unstable();
+        valid_indices = pick.into_iter().map(|i| valid_indices[i]).collect();
     }
     let valid = ValidSet {
         set: d.valid.clone(),
