@@ -81,7 +81,7 @@ fn killed_run_resumes_to_identical_result() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let dir_a = run_dir(&t.path().join("a"));
     let sa = summary(&dir_a);
-    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log"] {
+    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log", "report.html"] {
         assert!(dir_a.join(f).exists(), "missing {f}");
     }
     let fe = &sa["final_eval"];
@@ -129,6 +129,9 @@ fn killed_run_resumes_to_identical_result() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, (1..=18).collect::<Vec<u64>>());
+
+    // The resumed run wrote a second TensorBoard events file.
+    assert_eq!(std::fs::read_dir(dir_b.join("tb")).unwrap().count(), 2);
 
     // A finished run is not retrained.
     let before = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
