@@ -97,7 +97,9 @@ impl Write for LogWriter {
 fn init_logging() {
     use tracing_subscriber::{fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let file = fmt::layer().with_writer(|| LogWriter).with_ansi(false).with_target(false);
     let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
 }

@@ -146,7 +146,7 @@ fn bad_inputs_fail_with_one_line() {
     let cases: Vec<(&str, String, &str)> = vec![
         ("misspelt key", good.replace("max_steps = 6", "max_steps = 6\nlerning_rate = 0.1"), "learning_rate"),
         ("missing data", good.replace("cifar10-mini-jpg", "no-such-folder"), "no-such-folder"),
-        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "outside the output root"),
+        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "allow_outside_output"),
         ("malformed toml", good.replace("[train]", "[train"), "invalid TOML"),
     ];
     for (what, text, needle) in cases {
