@@ -698,12 +698,15 @@ mod tests {
                 "x.toml:6: \"eval.bn_recalibration.steps\" (sweep.zip) overlaps \
                  \"eval.bn_recalibration\" (sweep.grid)",
             ),
-            ("sweep = 3\n", "x.toml:3: sweep: expected a table, found integer 3"),
         ];
         for (sweep, want) in cases {
             let text = format!("{BASE}\n{sweep}");
             assert_eq!(spec(&text).unwrap_err(), want, "{sweep}");
         }
+        assert_eq!(
+            spec(&format!("sweep = 3\n{BASE}")).unwrap_err(),
+            "x.toml:1: sweep: expected a table, found integer 3"
+        );
     }
 
     #[test]
@@ -769,9 +772,14 @@ mod tests {
                  and 1 (train.learning_rate=0.1 experiment.seed=0) resolve to the same configuration",
             ),
             (
-                // Setting a key to its default value is the same configuration as not setting it.
-                format!("{BASE}[sweep]\nzip = {{ \"train.epochs\" = [200, 3], \"eval.every\" = [100, 100] }}\n\
-                         grid = {{ \"data.augment\" = [true] }}\n"),
+                // Distinct values, same configuration: the intermediate count is capped at
+                // eval.num_archs (100).
+                format!("{BASE}[sweep]\n\ngrid = {{ \"eval.num_archs_intermediate\" = [100, 200] }}\n"),
+                "x.toml:5: duplicate sweep points: 0 (eval.num_archs_intermediate=100) and 1 \
+                 (eval.num_archs_intermediate=200) resolve to the same configuration",
+            ),
+            (
+                format!("{BASE}[sweep]\nzip = {{ \"train.epochs\" = [200, 3], \"eval.every\" = [100, 100] }}\n"),
                 "",
             ),
             (
@@ -810,7 +818,7 @@ mod tests {
         let b = load_str(&without, Path::new("x.toml"), &[]).unwrap();
         assert_eq!(a.hash, b.hash);
         assert_eq!(a.toml, b.toml);
-        assert!(!a.toml.contains("sweep"));
+        assert!(!a.toml.contains("[sweep]") && !a.toml.contains("seeds"));
         assert!(sweep_source_str(&without, Path::new("x.toml"))
             .unwrap()
             .is_none());

@@ -6,3 +6,4 @@ pub mod pipeline;
 pub mod records;
 pub mod execute;
 pub mod bench;
+pub mod sweep;

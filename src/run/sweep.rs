@@ -46,7 +46,9 @@ impl std::str::FromStr for Shard {
 
     fn from_str(s: &str) -> Result<Shard> {
         let parse = |t: &str| t.trim().parse::<usize>().ok();
-        let Some((i, n)) = s.split_once('/').and_then(|(i, n)| Some((parse(i)?, parse(n)?)))
+        let Some((i, n)) = s
+            .split_once('/')
+            .and_then(|(i, n)| Some((parse(i)?, parse(n)?)))
         else {
             bail!("--shard {s}: expected I/N with 0 <= I < N (e.g. --shard 0/4)");
         };
@@ -147,7 +149,8 @@ pub fn plan_with(
         Some(n) => n.clone(),
         None => format!(
             "sweep-{}",
-            file.file_stem().map_or("sweep".into(), |s| s.to_string_lossy())
+            file.file_stem()
+                .map_or("sweep".into(), |s| s.to_string_lossy())
         ),
     };
     let plain = !name.contains(['/', '\\']) && !name.starts_with('.') && name != "..";
@@ -207,7 +210,7 @@ impl Plan {
         };
         format!(
             "# Sweep {}: {} points of {}{sets}\n# (resolved: defaults, extends, environment \
-             variables and --set applied)\n\n{}\n{}",
+             variables and --set applied)\n\n{}\n\n{}",
             self.name,
             self.points.len(),
             self.file.display(),
@@ -434,8 +437,14 @@ pub fn dry_run(plan: &Plan, shard: Option<Shard>) -> Result<Vec<Entry>> {
             let p = &plan.points[i];
             let mut e = observed(p, disk.get(p.id()));
             // `running` in the index may be a killed sweep's; the run folder's lock is not.
-            if e.status == Status::Running || (e.status == Status::Pending && run_locked(&p.run_dir)) {
-                e.status = if run_locked(&p.run_dir) { Status::Running } else { Status::Pending };
+            if e.status == Status::Running
+                || (e.status == Status::Pending && run_locked(&p.run_dir))
+            {
+                e.status = if run_locked(&p.run_dir) {
+                    Status::Running
+                } else {
+                    Status::Pending
+                };
             }
             e
         })
@@ -451,7 +460,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Atomic replace with a temporary name unique across processes and threads (shards on other
 /// machines may write the same folder).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("atomic write needs a parent folder")?;
+    let dir = path
+        .parent()
+        .context("atomic write needs a parent folder")?;
     let name = path.file_name().context("atomic write needs a file name")?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -516,7 +527,9 @@ fn lock_sweep(folder: &Path, shard: Option<Shard>) -> Result<SweepLock> {
                             .is_some_and(|n| n.to_string_lossy().starts_with("sweep-shard-"))
                     })
                     .filter(|p| {
-                        File::open(p).is_ok_and(|f| matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock)))
+                        File::open(p).is_ok_and(|f| {
+                            matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock))
+                        })
                     })
                     .map(|p| holder(&p))
                     .collect();
@@ -591,7 +604,10 @@ impl Index<'_> {
     }
 
     fn snapshot(&self) -> Vec<Entry> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Read-merge-write under `sweep.jsonl.lock` (other processes: shards); the caller holds
@@ -712,7 +728,10 @@ pub fn run(plan: &Plan, opts: &Options) -> Result<Report> {
                 if let Err(e) = run_one(plan, opts, index, i, slot, k, total) {
                     // The index cannot be written: stop taking points, report after the others.
                     queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
                 }
             });
         }
@@ -744,7 +763,11 @@ fn run_one(
         e.error = None;
         e.attempts += 1;
     })?;
-    tracing::info!("[{k}/{total}] point {} ({label}): running in {}", p.point.index, p.run_dir.display());
+    tracing::info!(
+        "[{k}/{total}] point {} ({label}): running in {}",
+        p.point.index,
+        p.run_dir.display()
+    );
     let t0 = Instant::now();
     let result = launch(plan, opts, p, slot);
     let secs = t0.elapsed().as_secs_f64();
@@ -773,7 +796,12 @@ fn run_one(
 
 /// Runs one point as a child process; `Err` holds the reason in one line (the child's last
 /// output line, which is its `error: ...` line when it failed cleanly).
-fn launch(plan: &Plan, opts: &Options, p: &PlanPoint, slot: usize) -> std::result::Result<(), String> {
+fn launch(
+    plan: &Plan,
+    opts: &Options,
+    p: &PlanPoint,
+    slot: usize,
+) -> std::result::Result<(), String> {
     let log_path = plan.folder.join("logs").join(format!("{}.log", p.id()));
     let mut log = OpenOptions::new()
         .create(true)
@@ -802,7 +830,10 @@ fn launch(plan: &Plan, opts: &Options, p: &PlanPoint, slot: usize) -> std::resul
         .env("NO_COLOR", "1")
         .env("RUNNER_SWEEP_RUN", &p.run_dir);
     if !opts.devices.is_empty() {
-        cmd.env("CUDA_VISIBLE_DEVICES", &opts.devices[slot % opts.devices.len()]);
+        cmd.env(
+            "CUDA_VISIBLE_DEVICES",
+            &opts.devices[slot % opts.devices.len()],
+        );
     }
     let status = cmd
         .status()
@@ -850,17 +881,37 @@ pub fn table(plan: &Plan, entries: &[Entry], shard: Option<Shard>, with_run: boo
     t.push_str(&format!(
         "points     {}{}\n\n",
         plan.points.len(),
-        shard.map(|s| format!("   shard {s}: {selected} selected")).unwrap_or_default()
+        shard
+            .map(|s| format!("   shard {s}: {selected} selected"))
+            .unwrap_or_default()
     ));
-    let run_w = entries.iter().map(|e| e.run.len()).max().unwrap_or(3).max(3);
-    let run_head = if with_run { format!("  {:<run_w$}", "run") } else { String::new() };
+    let run_w = entries
+        .iter()
+        .map(|e| e.run.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let run_head = if with_run {
+        format!("  {:<run_w$}", "run")
+    } else {
+        String::new()
+    };
     t.push_str(&format!(
         "{:>5}  {:<10}  {:<7}  {:>8}  {:>8}  {:>8}  {:>11}{run_head}  overrides\n",
         "index", "point", "status", "kendall", "spearman", "mean acc", "tau/ceiling"
     ));
     for e in entries {
-        let labels: Vec<String> = e.overrides.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let run = if with_run { format!("  {:<run_w$}", e.run) } else { String::new() };
+        let labels: Vec<String> = e
+            .overrides
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let run = if with_run {
+            format!("  {:<run_w$}", e.run)
+        } else {
+            String::new()
+        };
         t.push_str(&format!(
             "{:>5}  {:<10}  {:<7}  {:>8}  {:>8}  {:>8}  {:>11}{run}  {}\n",
             e.index,
@@ -877,4 +928,261 @@ pub fn table(plan: &Plan, entries: &[Entry], shard: Option<Shard>, with_run: boo
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Stands in for `runner FILE --set ... --sweep-point ID`: records its launch next to the
+    /// run folder, fails for learning rate 0.3, else writes a summary.
+    const FAKE: &str = r#"#!/bin/sh
+run="$RUNNER_SWEEP_RUN"
+echo "$*" >> "$run.launches"
+echo "starting $run"
+case "$*" in
+  *learning_rate=0.3*) echo "a log line" >&2; echo "error: boom in $(basename "$run")" >&2; exit 3 ;;
+esac
+mkdir -p "$run"
+sleep 0.05
+echo '{"final_eval":{"kendall_tau":0.25,"spearman":null,"mean_accuracy":0.5,"ground_truth_seed_tau":0.5},"tau_fraction_of_noise_ceiling":0.5,"final_train_loss":2.5,"steps":6}' > "$run/summary.json"
+"#;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        file: PathBuf,
+        exe: PathBuf,
+    }
+
+    fn setup(sweep: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("fake-runner");
+        fs::write(&exe, FAKE).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.path().join("exp.toml");
+        fs::write(
+            &file,
+            format!(
+                "[experiment]\nname = \"e\"\noutput = \"out\"\n[space]\nkind = \"nb201\"\n{sweep}"
+            ),
+        )
+        .unwrap();
+        Setup {
+            _dir: dir,
+            file,
+            exe,
+        }
+    }
+
+    fn plan_of(file: &Path) -> Plan {
+        plan_with(file, &[], &|s| config::load_from(file, None, s, &[]))
+            .unwrap()
+            .expect("a sweep")
+    }
+
+    fn opts(s: &Setup, jobs: usize, shard: Option<&str>) -> Options {
+        Options {
+            jobs,
+            shard: shard.map(|t| t.parse().unwrap()),
+            devices: vec![],
+            exe: s.exe.clone(),
+        }
+    }
+
+    fn launches(p: &PlanPoint) -> Vec<String> {
+        let path = PathBuf::from(format!("{}.launches", p.run_dir.display()));
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    const GRID: &str =
+        "[sweep]\ngrid = { \"train.learning_rate\" = [0.1, 0.2, 0.3] }\nseeds = [0, 1]\n";
+
+    #[test]
+    fn runs_points_records_failures_and_skips_finished_ones() {
+        let s = setup(GRID);
+        let plan = plan_of(&s.file);
+        assert_eq!(plan.points.len(), 6);
+        assert_eq!(plan.name, "sweep-exp");
+        assert!(plan
+            .folder
+            .starts_with(s.file.parent().unwrap().join("out")));
+        let report = run(&plan, &opts(&s, 3, None)).unwrap();
+        let status: Vec<&str> = report.entries.iter().map(|e| e.status.as_str()).collect();
+        assert_eq!(status, ["done", "done", "done", "done", "failed", "failed"]);
+        let failed = &report.entries[4];
+        assert_eq!(
+            failed.error.as_deref(),
+            Some(format!("error: boom in e-{} (exit code 3)", plan.points[4].id()).as_str())
+        );
+        let done = &report.entries[0];
+        assert_eq!(done.metrics.kendall_tau, Some(0.25));
+        assert_eq!(done.metrics.spearman, None);
+        assert_eq!(done.metrics.tau_fraction_of_noise_ceiling, Some(0.5));
+        assert_eq!(done.metrics.steps, Some(6));
+        assert_eq!(done.run, format!("../e-{}", plan.points[0].id()));
+        assert_eq!(report.unfinished().len(), 2);
+        // The file holds exactly what was returned, one line per point in order.
+        assert_eq!(read_index(&plan.folder).unwrap(), report.entries);
+        // Each child got the file, the point's overrides as --set and its id.
+        let args = launches(&plan.points[3]);
+        assert_eq!(
+            args,
+            [format!(
+                "{} --set train.learning_rate=0.2 --set experiment.seed=1 --sweep-point {}",
+                s.file.display(),
+                plan.points[3].id()
+            )]
+        );
+        let log = fs::read_to_string(
+            plan.folder
+                .join(format!("logs/{}.log", plan.points[3].id())),
+        )
+        .unwrap();
+        assert!(log.contains("starting"), "{log}");
+
+        // Again: finished points are not relaunched, failed ones are retried.
+        let again = run(&plan, &opts(&s, 2, None)).unwrap();
+        let counts: Vec<usize> = plan.points.iter().map(|p| launches(p).len()).collect();
+        assert_eq!(counts, [1, 1, 1, 1, 2, 2]);
+        let attempts: Vec<u32> = again.entries.iter().map(|e| e.attempts).collect();
+        assert_eq!(attempts, [1, 1, 1, 1, 2, 2]);
+        assert_eq!(again.entries[..4], report.entries[..4]);
+
+        // sweep.toml expands to the same sweep folder and points.
+        let back = plan_of(&plan.folder.join("sweep.toml"));
+        assert_eq!(back.folder, plan.folder);
+        let ids = |p: &Plan| {
+            p.points
+                .iter()
+                .map(|q| q.id().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&back), ids(&plan));
+    }
+
+    #[test]
+    fn concurrent_shards_cover_every_point_once() {
+        let s = setup(&GRID.replace("0.3", "0.4"));
+        let plan = plan_of(&s.file);
+        let (a, b) = std::thread::scope(|sc| {
+            let a = sc.spawn(|| run(&plan, &opts(&s, 2, Some("0/2"))));
+            let b = sc.spawn(|| run(&plan, &opts(&s, 1, Some("1/2"))));
+            (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+        });
+        assert_eq!(a.selected, [0, 2, 4]);
+        assert_eq!(b.selected, [1, 3, 5]);
+        assert!(a.unfinished().is_empty() && b.unfinished().is_empty());
+        let counts: Vec<usize> = plan.points.iter().map(|p| launches(p).len()).collect();
+        assert_eq!(counts, [1; 6]);
+        // Whichever shard wrote last, the index has every point done.
+        let index = read_index(&plan.folder).unwrap();
+        assert_eq!(index.len(), 6);
+        assert!(index.iter().all(|e| e.status == Status::Done), "{index:?}");
+        let dry = dry_run(&plan, Some("1/2".parse().unwrap())).unwrap();
+        assert_eq!(dry.iter().map(|e| e.index).collect::<Vec<_>>(), [1, 3, 5]);
+        assert!(dry.iter().all(|e| e.status == Status::Done));
+    }
+
+    #[test]
+    fn locks_refuse_a_second_sweep_but_admit_other_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let shard = |t: &str| Some(t.parse::<Shard>().unwrap());
+        let whole = lock_sweep(d, None).unwrap();
+        let err = lock_sweep(d, None).err().unwrap().to_string();
+        let me = std::process::id();
+        assert!(
+            err.contains(&format!("in use by another sweep (process {me};")),
+            "{err}"
+        );
+        let err = lock_sweep(d, shard("0/2")).err().unwrap().to_string();
+        assert!(err.contains("in use by an unsharded sweep"), "{err}");
+        drop(whole);
+        let s0 = lock_sweep(d, shard("0/2")).unwrap();
+        let s1 = lock_sweep(d, shard("1/2")).unwrap();
+        let err = lock_sweep(d, shard("1/2")).err().unwrap().to_string();
+        assert!(err.contains("shard 1/2 of sweep folder"), "{err}");
+        assert!(err.contains("already running"), "{err}");
+        let err = lock_sweep(d, None).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("shards run by process {me}, process {me};")),
+            "{err}"
+        );
+        drop((s0, s1));
+        assert!(lock_sweep(d, None).is_ok());
+    }
+
+    #[test]
+    fn a_sweep_in_use_is_refused_without_touching_its_index() {
+        let s = setup(GRID);
+        let plan = plan_of(&s.file);
+        fs::create_dir_all(&plan.folder).unwrap();
+        fs::write(plan.folder.join("sweep.jsonl"), "sentinel\n").unwrap();
+        let held = lock_sweep(&plan.folder, None).unwrap();
+        let err = run(&plan, &opts(&s, 1, None)).unwrap_err().to_string();
+        assert!(err.contains("is in use by another sweep"), "{err}");
+        assert_eq!(
+            fs::read_to_string(plan.folder.join("sweep.jsonl")).unwrap(),
+            "sentinel\n"
+        );
+        assert!(plan.points.iter().all(|p| launches(p).is_empty()));
+        drop(held);
+    }
+
+    #[test]
+    fn shard_syntax_and_range() {
+        assert_eq!(
+            "1/4".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 4 }
+        );
+        assert!(Shard { index: 1, count: 4 }.selects(5));
+        assert!(!Shard { index: 1, count: 4 }.selects(4));
+        let err = |t: &str| t.parse::<Shard>().unwrap_err().to_string();
+        assert_eq!(
+            err("2/2"),
+            "--shard 2/2: shard index 2 is out of range (shards of 2 are numbered 0 to 1)"
+        );
+        assert_eq!(
+            err("0/0"),
+            "--shard 0/0: the shard count must be at least 1"
+        );
+        assert_eq!(
+            err("a/2"),
+            "--shard a/2: expected I/N with 0 <= I < N (e.g. --shard 0/4)"
+        );
+        assert_eq!(
+            err("3"),
+            "--shard 3: expected I/N with 0 <= I < N (e.g. --shard 0/4)"
+        );
+        assert_eq!(
+            err("-1/2"),
+            "--shard -1/2: expected I/N with 0 <= I < N (e.g. --shard 0/4)"
+        );
+    }
+
+    #[test]
+    fn index_entries_round_trip_with_overrides_in_sweep_order() {
+        let s = setup("[sweep]\ngrid = { \"train.momentum\" = [0.5], \"space.channels\" = [4] }\n");
+        let plan = plan_of(&s.file);
+        let e = Entry::new(&plan.points[0]);
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(
+            line.contains(r#""overrides":{"train.momentum":0.5,"space.channels":4}"#),
+            "{line}"
+        );
+        assert!(line.contains(r#""status":"pending""#) && line.contains(r#""kendall_tau":null"#));
+        assert!(!line.contains("error"));
+        let back: Entry = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+        let table = table(&plan, &[e], None, true);
+        assert!(
+            table.contains("train.momentum=0.5 space.channels=4"),
+            "{table}"
+        );
+    }
 }
