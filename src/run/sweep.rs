@@ -437,9 +437,7 @@ pub fn dry_run(plan: &Plan, shard: Option<Shard>) -> Result<Vec<Entry>> {
             let p = &plan.points[i];
             let mut e = observed(p, disk.get(p.id()));
             // `running` in the index may be a killed sweep's; the run folder's lock is not.
-            if e.status == Status::Running
-                || (e.status == Status::Pending && run_locked(&p.run_dir))
-            {
+            if matches!(e.status, Status::Pending | Status::Running) {
                 e.status = if run_locked(&p.run_dir) {
                     Status::Running
                 } else {
@@ -924,7 +922,12 @@ pub fn table(plan: &Plan, entries: &[Entry], shard: Option<Shard>, with_run: boo
             labels.join(" ")
         ));
         if let Some(err) = &e.error {
-            t.push_str(&format!("{:>5}  error: {err}\n", ""));
+            let err = if err.starts_with("error:") {
+                err.clone()
+            } else {
+                format!("error: {err}")
+            };
+            t.push_str(&format!("{:>5}  {err}\n", ""));
         }
     }
     t
@@ -1132,6 +1135,57 @@ echo '{"final_eval":{"kendall_tau":0.25,"spearman":null,"mean_accuracy":0.5,"gro
         );
         assert!(plan.points.iter().all(|p| launches(p).is_empty()));
         drop(held);
+    }
+
+    #[test]
+    fn dry_run_reports_status_from_the_files_and_writes_nothing() {
+        let s = setup("[sweep]\nseeds = [0, 1, 2, 3]\n");
+        let plan = plan_of(&s.file);
+        let status = |plan: &Plan| -> Vec<&'static str> {
+            dry_run(plan, None)
+                .unwrap()
+                .iter()
+                .map(|e| e.status.as_str())
+                .collect()
+        };
+        assert_eq!(status(&plan), ["pending"; 4]);
+        assert!(!plan.folder.exists());
+        // Point 0 finished, point 1 is being run (its run folder is locked by a live process),
+        // the index says point 2 runs but nothing holds its folder (a killed sweep), point 3
+        // failed.
+        let p = &plan.points;
+        fs::create_dir_all(&p[0].run_dir).unwrap();
+        fs::write(
+            p[0].run_dir.join("summary.json"),
+            r#"{"final_eval":{"kendall_tau":0.5}}"#,
+        )
+        .unwrap();
+        fs::create_dir_all(&p[1].run_dir).unwrap();
+        fs::write(p[1].run_dir.join("lock"), "1\n").unwrap();
+        fs::create_dir_all(&plan.folder).unwrap();
+        let mut entries: Vec<Entry> = p.iter().map(Entry::new).collect();
+        entries[2].status = Status::Running;
+        entries[3].status = Status::Failed;
+        entries[3].error = Some("error: boom".into());
+        let text: String = entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        fs::write(plan.folder.join("sweep.jsonl"), text).unwrap();
+        let got = dry_run(&plan, None).unwrap();
+        assert_eq!(status(&plan), ["done", "running", "pending", "failed"]);
+        assert_eq!(got[0].metrics.kendall_tau, Some(0.5));
+        assert_eq!(got[3].error.as_deref(), Some("error: boom"));
+        let t = table(&plan, &got, None, true);
+        assert!(t.contains("    3  "), "{t}");
+        assert!(
+            t.contains(
+                "
+       error: boom
+"
+            ),
+            "{t}"
+        );
     }
 
     #[test]
