@@ -1,7 +1,7 @@
 //! The command line: parses arguments and calls `run`; prints nothing else.
 
 use crate::config;
-use crate::run::{diff, dir::RunDir, execute, records::Summary, report, show};
+use crate::run::{diff, dir::RunDir, execute, records::Summary, report, show, sweep};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Start over in a new results folder instead of resuming.
     #[arg(long)]
     pub fresh: bool,
+    /// Set by `runner sweep` when it runs one point: run FILE as a single run (ignoring its
+    /// `[sweep]`) and check that it resolves to this configuration hash.
+    #[arg(long, hide = true, value_name = "HASH")]
+    pub sweep_point: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +41,27 @@ pub enum Command {
     /// TOML, without training.
     Check {
         file: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Run every point of FILE's `[sweep]` (grid x zip x seeds) as its own resumable run,
+    /// indexed in one sweep folder; finished points are skipped, interrupted ones resumed.
+    Sweep {
+        file: PathBuf,
+        /// List the points (id, overrides, run folder, status) without running anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Points run at once (each a separate process).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Run only the points whose index is I modulo N (0-based), e.g. a Slurm array task.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// GPUs to spread the points over (`--devices 0,1`): worker k sees only
+        /// `CUDA_VISIBLE_DEVICES=<k-th entry>`; `--jobs` defaults to their number.
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        devices: Vec<String>,
+        /// Override a config key for every point (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
@@ -145,9 +170,59 @@ pub fn summary_table(s: &Summary, folder: &std::path::Path) -> String {
     crate::run::show::summary_text(s, folder)
 }
 
+/// `runner sweep`: plan, then list (`--dry-run`) or run the points; fails unless every
+/// selected point is done.
+fn sweep(file: &std::path::Path, sets: &[String], dry_run: bool, jobs: Option<usize>, shard: Option<&str>, devices: Vec<String>) -> Result<()> {
+    let shard = shard.map(str::parse::<sweep::Shard>).transpose()?;
+    let jobs = jobs.unwrap_or(devices.len().max(1));
+    if jobs == 0 {
+        anyhow::bail!("--jobs must be at least 1");
+    }
+    let plan = sweep::plan(file, sets)?.with_context(|| format!("{}: no [sweep] table (declare sweep.grid, sweep.zip or sweep.seeds)", file.display()))?;
+    if dry_run {
+        let entries = sweep::dry_run(&plan, shard)?;
+        print!("{}", sweep::table(&plan, &entries, shard, true));
+        return Ok(());
+    }
+    std::fs::create_dir_all(&plan.folder).with_context(|| format!("cannot create sweep folder {}", plan.folder.display()))?;
+    let log_path = plan.folder.join("sweep.log");
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
+    if let Ok(mut g) = LOG_FILE.lock() {
+        *g = Some(f);
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path to run the sweep's points")?;
+    let report = sweep::run(&plan, &sweep::Options { jobs, shard, devices, exe })?;
+    let shown: Vec<sweep::Entry> = report.selected.iter().filter_map(|&i| report.entries.get(i).cloned()).collect();
+    print!("{}", sweep::table(&plan, &shown, shard, false));
+    let unfinished = report.unfinished();
+    if let Some(first) = unfinished.first() {
+        anyhow::bail!(
+            "{} of {} sweep points did not finish (first: point {} {}: {}); see {}",
+            unfinished.len(),
+            report.selected.len(),
+            first.index,
+            first.point,
+            first.error.as_deref().unwrap_or(first.status.as_str()),
+            plan.folder.join("sweep.jsonl").display()
+        );
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<()> {
     let file = args.file.context("an experiment file is required")?;
+    if args.sweep_point.is_none() && config::sweep_source(&file)?.is_some() {
+        if args.fresh {
+            anyhow::bail!("--fresh does not apply to a sweep ({} has a [sweep] table)", file.display());
+        }
+        return sweep(&file, &args.sets, false, None, None, vec![]);
+    }
     let resolved = config::load(&file, &args.sets)?;
+    if let Some(id) = &args.sweep_point {
+        if *id != resolved.hash {
+            anyhow::bail!("sweep point {id}: {} resolves to configuration {} in this process (did the experiment files or RUNNER_* variables change while the sweep ran?)", file.display(), resolved.hash);
+        }
+    }
     let cfg = &resolved.config;
     let dir = RunDir::open(&cfg.experiment.output, &cfg.experiment.name, &resolved.hash, args.fresh, cfg.experiment.allow_outside_output)?;
     let log_path = dir.file("run.log");
@@ -220,6 +295,7 @@ pub fn main() -> i32 {
             Ok(())
         })(),
         Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => results_command(command),
+        Some(Command::Sweep { file, dry_run, jobs, shard, devices, sets }) => sweep(&file, &sets, dry_run, jobs, shard.as_deref(), devices),
         None => run(cli.run),
     };
     match result {

@@ -71,6 +71,46 @@ pub fn load_from(
     Ok(resolved)
 }
 
+/// The `[sweep]` table an experiment file declares, with the text it was read from (for
+/// line numbers and the written order of its keys).
+#[derive(Clone, Debug)]
+pub struct SweepSource {
+    /// The file holding the table, as the user named it or as `extends` reached it.
+    pub file: PathBuf,
+    pub text: String,
+    pub table: toml::Value,
+}
+
+/// The `[sweep]` of `file`, or of the nearest file up its `extends` chain that has one; `None`
+/// when no file of the chain declares a sweep. Errors are those of reading the chain.
+pub fn sweep_source(file: &Path) -> anyhow::Result<Option<SweepSource>> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Io {
+        at: Place::file(file, None),
+        message: e.to_string(),
+    })?;
+    sweep_source_str(&text, file)
+}
+
+/// Like [`sweep_source`] with the file's text given (`file` only names and places it).
+pub fn sweep_source_str(text: &str, file: &Path) -> anyhow::Result<Option<SweepSource>> {
+    let mut chain = Vec::new();
+    read_chain(file.to_path_buf(), absolute(file), text.to_string(), &mut chain)?;
+    // `chain` lists the named file first, then the files it extends.
+    Ok(chain.into_iter().find_map(|layer| match layer.source {
+        Source::File {
+            shown,
+            text,
+            sweep: Some(table),
+            ..
+        } => Some(SweepSource {
+            file: shown,
+            text,
+            table,
+        }),
+        _ => None,
+    }))
+}
+
 /// Where one layer came from.
 #[derive(Clone, Debug)]
 enum Source {
@@ -83,6 +123,8 @@ enum Source {
         /// Absolute and normalised (for resolving relative paths).
         abs: PathBuf,
         text: String,
+        /// The file's `[sweep]` table, set aside: it describes a sweep over runs, not a run.
+        sweep: Option<toml::Value>,
     },
     Env {
         var: String,
@@ -440,10 +482,13 @@ fn read_chain(
         }
     })?;
     let extends = table.remove("extends");
+    // Kept out of the run's configuration (and so out of its validation and hash).
+    let sweep = table.remove("sweep");
     let source = Source::File {
         shown: shown.clone(),
         abs: abs.clone(),
         text,
+        sweep,
     };
     let layer = Layer { source, table };
     let at = || place_in(&layer, &["extends"]);
@@ -559,11 +604,12 @@ fn set_layer(arg: &str) -> Result<Layer, ConfigError> {
 }
 
 /// `extends` is followed only while reading files; from anywhere else it would be ignored.
+/// The same holds for `[sweep]`, which only a file can declare.
 fn reject_extends(path: &[String], at: impl Fn() -> Place) -> Result<(), ConfigError> {
-    if path.first().is_some_and(|k| k == "extends") {
+    if let Some(k) = path.first().filter(|k| *k == "extends" || *k == "sweep") {
         return Err(ConfigError::Syntax {
             at: at(),
-            message: "extends can only be given in an experiment file".into(),
+            message: format!("{k} can only be given in an experiment file"),
         });
     }
     Ok(())

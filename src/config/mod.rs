@@ -12,7 +12,8 @@ pub mod errors;
 pub mod load;
 mod spans;
 pub mod suggest;
+pub mod sweep;
 pub mod validate;
 
 pub use errors::{ConfigError, Place};
-pub use load::{load, load_from, load_str, Resolved};
+pub use load::{load, load_from, load_str, sweep_source, Resolved, SweepSource};

@@ -13,3 +13,4 @@ pub mod report;
 pub mod show;
 pub mod table;
 pub mod tensorboard;
+pub mod sweep;
