@@ -14,3 +14,4 @@ pub mod show;
 pub mod table;
 pub mod tensorboard;
 pub mod sweep;
+pub mod sweep_report;

@@ -739,10 +739,11 @@ pub fn run(plan: &Plan, opts: &Options) -> Result<Report> {
     }
     // Final merge, so other shards' progress is current in what we return.
     index.write(&mut index.entries.lock().unwrap_or_else(|e| e.into_inner()))?;
-    Ok(Report {
-        entries: index.snapshot(),
-        selected,
-    })
+    let entries = index.snapshot();
+    if let Err(e) = super::sweep_report::write(&plan.folder, &entries, &plan.name) {
+        tracing::warn!("could not write the sweep report: {e:#}");
+    }
+    Ok(Report { entries, selected })
 }
 
 fn run_one(
