@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::errors::{ConfigError, Place};
-use super::schema::{Config, Dataset, Space};
+use super::schema::{Config, Dataset, FocusMetric, Pruned, SplitKind, Space, TRICKS};
 use super::suggest;
 
 /// Values `data.split` accepts.
@@ -31,6 +31,10 @@ pub fn validate(config: &mut Config, origin: &dyn Fn(&str) -> Place) -> Result<(
     c.data(config)?;
     c.train(config)?;
     c.eval(config)?;
+    c.tricks(config)?;
+    if let Some(p) = &mut config.tricks.pruned {
+        *p = Pruned::Map(p.to_map());
+    }
     config.eval.num_archs_intermediate = config
         .eval
         .num_archs_intermediate
@@ -202,6 +206,196 @@ impl Checker<'_> {
         }
         let f = e.top_k_fraction;
         self.float("eval.top_k_fraction", f, f > 0.0 && f <= 1.0, "in (0, 1]")
+    }
+}
+
+/// NAS-Bench-201's arch keys, in encoding order, and its number of ops per key.
+const NB201_KEYS: [&str; 6] = ["0_1", "0_2", "0_3", "1_2", "1_3", "2_3"];
+const NB201_OPS: usize = 5;
+
+impl Checker<'_> {
+    /// `[tricks]`: ranges, the spaces each trick supports, and which tricks combine.
+    fn tricks(&self, config: &Config) -> Result<(), ConfigError> {
+        let t = &config.tricks;
+        let kind = config.space.kind();
+        for name in t.active() {
+            let Some(info) = TRICKS.iter().find(|i| i.name == name) else { continue };
+            if !info.spaces.contains(&kind) {
+                return Err(self.fail(
+                    &format!("tricks.{name}"),
+                    format!(
+                        "tricks.{name} is not available for space.kind = \"{kind}\" (supported: {}; it needs {})",
+                        info.spaces.join(", "),
+                        info.needs
+                    ),
+                ));
+            }
+        }
+        let clash = |a: &str, b: &str, why: &str| -> Result<(), ConfigError> {
+            Err(self.fail(&format!("tricks.{b}"), format!("tricks.{a} and tricks.{b} cannot be combined: {why}")))
+        };
+        let nb201 = matches!(config.space, Space::Nb201(_));
+        let no_truth = config.eval.ground_truth == "none";
+        if let Some(p) = &t.pruned {
+            let map = p.to_map();
+            if map.is_empty() {
+                return Err(self.fail("tricks.pruned", "tricks.pruned lists no key (remove it, or restrict at least one key)".into()));
+            }
+            for (k, vals) in &map {
+                if vals.is_empty() {
+                    return Err(self.fail("tricks.pruned", format!("tricks.pruned: key {k:?} allows no value")));
+                }
+                if nb201 {
+                    if !NB201_KEYS.contains(&k.as_str()) {
+                        return Err(self.fail(
+                            "tricks.pruned",
+                            format!("tricks.pruned: {k:?} is not an NB201 key (keys: {})", NB201_KEYS.join(", ")),
+                        ));
+                    }
+                    if let Some(v) = vals.iter().find(|v| v.as_u64().is_none_or(|o| o >= NB201_OPS as u64)) {
+                        return Err(self.fail(
+                            "tricks.pruned",
+                            format!("tricks.pruned: key {k:?}: {v} is not an NB201 op index 0..4"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(m) = &t.multipath {
+            self.at_least_one("tricks.multipath.paths", m.paths)?;
+            if m.fairnas {
+                if nb201 && m.paths != NB201_OPS {
+                    return Err(self.fail(
+                        "tricks.multipath.paths",
+                        format!(
+                            "tricks.multipath.fairnas uses each of the {NB201_OPS} NB201 ops of every edge exactly once per step, \
+                             so tricks.multipath.paths must be {NB201_OPS} (got {})",
+                            m.paths
+                        ),
+                    ));
+                }
+                let why = "FairNAS trains every choice of every key at each step, which ignores any restriction of the archset";
+                for (on, name) in [
+                    (t.pruned.is_some(), "pruned"),
+                    (t.omniscience.is_some(), "omniscience"),
+                    (t.train_split.is_some(), "train_split"),
+                    (t.augmented.is_some(), "augmented"),
+                    (t.focus_branch.is_some(), "focus_branch"),
+                ] {
+                    if on {
+                        return clash("multipath", name, why);
+                    }
+                }
+            }
+        }
+        if let Some(o) = &t.omniscience {
+            self.float("tricks.omniscience.ratio", o.ratio, o.ratio > 0.0 && o.ratio <= 1.0, "in (0, 1]")?;
+            if !o.random && no_truth {
+                return Err(self.fail(
+                    "tricks.omniscience",
+                    "tricks.omniscience ranks the archset by ground truth, but eval.ground_truth = \"none\" (set random = true, or give ground truth)".into(),
+                ));
+            }
+            if t.train_split.is_some() {
+                return clash("omniscience", "train_split", "both choose the training subset of the archset");
+            }
+        }
+        if let Some(s) = &t.train_split {
+            if s.folds < 2 {
+                return Err(self.fail("tricks.train_split.folds", format!("tricks.train_split.folds must be >= 2 (got {})", s.folds)));
+            }
+            if s.index >= s.folds {
+                return Err(self.fail(
+                    "tricks.train_split.index",
+                    format!("tricks.train_split.index must be < tricks.train_split.folds = {} (got {})", s.folds, s.index),
+                ));
+            }
+            if s.kind == SplitKind::Structured && nb201 {
+                if !NB201_KEYS.contains(&s.key.as_str()) {
+                    return Err(self.fail(
+                        "tricks.train_split.key",
+                        format!("tricks.train_split.key: {:?} is not an NB201 key (keys: {})", s.key, NB201_KEYS.join(", ")),
+                    ));
+                }
+                if s.folds > NB201_OPS {
+                    return Err(self.fail(
+                        "tricks.train_split.folds",
+                        format!("a structured split has one fold per op of the key: tricks.train_split.folds must be <= {NB201_OPS} (got {})", s.folds),
+                    ));
+                }
+            }
+            if s.kind == SplitKind::ValAcc && no_truth {
+                return Err(self.fail(
+                    "tricks.train_split.kind",
+                    "tricks.train_split.kind = \"val_acc\" sorts by ground truth, but eval.ground_truth = \"none\"".into(),
+                ));
+            }
+        }
+        if let Some(a) = &t.augmented {
+            self.at_least_one("tricks.augmented.copies", a.copies)?;
+            if nb201 && (a.setup.len() != NB201_KEYS.len() || !a.setup.chars().all(|c| ('0'..='4').contains(&c))) {
+                return Err(self.fail(
+                    "tricks.augmented.setup",
+                    format!(
+                        "tricks.augmented.setup must be 6 NB201 op indices 0..4 for the edges 0_1 0_2 1_2 0_3 1_3 2_3 (got {:?})",
+                        a.setup
+                    ),
+                ));
+            }
+            let why = "augmented fixes the architecture, leaving nothing to restrict";
+            for (on, name) in [
+                (t.pruned.is_some(), "pruned"),
+                (t.omniscience.is_some(), "omniscience"),
+                (t.train_split.is_some(), "train_split"),
+                (t.focus_branch.is_some(), "focus_branch"),
+            ] {
+                if on {
+                    return clash("augmented", name, why);
+                }
+            }
+        }
+        if let Some(r) = &t.cosine_restarts {
+            self.at_least_one("tricks.cosine_restarts.every", r.every)?;
+            if config.train.epochs % r.every != 0 {
+                return Err(self.fail(
+                    "tricks.cosine_restarts.every",
+                    format!(
+                        "train.epochs = {} must be a multiple of tricks.cosine_restarts.every = {} (the study's restarts end a period at the last epoch)",
+                        config.train.epochs, r.every
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &t.focus_branch {
+            self.at_least_one("tricks.focus_branch.every", f.every)?;
+            self.at_least_one("tricks.focus_branch.min_archs", f.min_archs)?;
+            self.at_least_one("tricks.focus_branch.num_archs", f.num_archs)?;
+            if f.every > config.train.epochs {
+                return Err(self.fail(
+                    "tricks.focus_branch.every",
+                    format!(
+                        "tricks.focus_branch.every = {} exceeds train.epochs = {}: no decision would ever be taken",
+                        f.every, config.train.epochs
+                    ),
+                ));
+            }
+            if f.num_archs > config.eval.num_archs {
+                return Err(self.fail(
+                    "tricks.focus_branch.num_archs",
+                    format!(
+                        "tricks.focus_branch.num_archs = {} exceeds eval.num_archs = {}: decisions score the first architectures of the validation subset",
+                        f.num_archs, config.eval.num_archs
+                    ),
+                ));
+            }
+            if f.metric != FocusMetric::Accuracy && no_truth {
+                return Err(self.fail(
+                    "tricks.focus_branch.metric",
+                    "tricks.focus_branch.metric = \"nondominated\" / \"lstsq\" needs the ground truth's parameter counts, but eval.ground_truth = \"none\"".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
