@@ -271,7 +271,10 @@ impl Pruned {
     pub fn to_map(&self) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
         match self {
             Pruned::Map(m) => m.clone(),
-            Pruned::List(l) => l.iter().map(|k| (k.key.clone(), k.values.clone())).collect(),
+            Pruned::List(l) => l
+                .iter()
+                .map(|k| (k.key.clone(), k.values.clone()))
+                .collect(),
         }
     }
 }
@@ -285,14 +288,20 @@ impl<'de> Deserialize<'de> for Pruned {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a table of allowed-value lists ({ \"0_1\" = [1, 3] }) or a list of { key, values } tables")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Pruned, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pruned, A::Error> {
                 let mut m = std::collections::BTreeMap::new();
                 while let Some((k, v)) = map.next_entry::<String, Vec<serde_json::Value>>()? {
                     m.insert(k, v);
                 }
                 Ok(Pruned::Map(m))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Pruned, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Pruned, A::Error> {
                 let mut l = vec![];
                 while let Some(k) = seq.next_element::<PrunedKey>()? {
                     l.push(k);
@@ -325,7 +334,10 @@ pub struct Multipath {
 
 impl Default for Multipath {
     fn default() -> Self {
-        Self { paths: 5, fairnas: false }
+        Self {
+            paths: 5,
+            fairnas: false,
+        }
     }
 }
 
@@ -340,7 +352,10 @@ pub struct Omniscience {
 
 impl Default for Omniscience {
     fn default() -> Self {
-        Self { ratio: 0.33, random: false }
+        Self {
+            ratio: 0.33,
+            random: false,
+        }
     }
 }
 
@@ -363,7 +378,13 @@ pub struct TrainSplit {
 
 impl Default for TrainSplit {
     fn default() -> Self {
-        Self { kind: SplitKind::Shuffle, folds: 5, index: 0, key: "0_1".into(), seed: 0 }
+        Self {
+            kind: SplitKind::Shuffle,
+            folds: 5,
+            index: 0,
+            key: "0_1".into(),
+            seed: 0,
+        }
     }
 }
 
@@ -392,7 +413,11 @@ pub struct Augmented {
 
 impl Default for Augmented {
     fn default() -> Self {
-        Self { setup: "444444".into(), replicate: false, copies: 5 }
+        Self {
+            setup: "444444".into(),
+            replicate: false,
+            copies: 5,
+        }
     }
 }
 
@@ -426,7 +451,12 @@ pub struct FocusBranch {
 
 impl Default for FocusBranch {
     fn default() -> Self {
-        Self { every: 500, metric: FocusMetric::Nondominated, min_archs: 10, num_archs: 150 }
+        Self {
+            every: 500,
+            metric: FocusMetric::Nondominated,
+            min_archs: 10,
+            num_archs: 150,
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::errors::{ConfigError, Place};
-use super::schema::{Config, Dataset, FocusMetric, Pruned, SplitKind, Space, TRICKS};
+use super::schema::{Config, Dataset, FocusMetric, Pruned, Space, SplitKind, TRICKS};
 use super::suggest;
 
 /// Values `data.split` accepts.
@@ -219,7 +219,9 @@ impl Checker<'_> {
         let t = &config.tricks;
         let kind = config.space.kind();
         for name in t.active() {
-            let Some(info) = TRICKS.iter().find(|i| i.name == name) else { continue };
+            let Some(info) = TRICKS.iter().find(|i| i.name == name) else {
+                continue;
+            };
             if !info.spaces.contains(&kind) {
                 return Err(self.fail(
                     &format!("tricks.{name}"),
@@ -232,27 +234,42 @@ impl Checker<'_> {
             }
         }
         let clash = |a: &str, b: &str, why: &str| -> Result<(), ConfigError> {
-            Err(self.fail(&format!("tricks.{b}"), format!("tricks.{a} and tricks.{b} cannot be combined: {why}")))
+            Err(self.fail(
+                &format!("tricks.{b}"),
+                format!("tricks.{a} and tricks.{b} cannot be combined: {why}"),
+            ))
         };
         let nb201 = matches!(config.space, Space::Nb201(_));
         let no_truth = config.eval.ground_truth == "none";
         if let Some(p) = &t.pruned {
             let map = p.to_map();
             if map.is_empty() {
-                return Err(self.fail("tricks.pruned", "tricks.pruned lists no key (remove it, or restrict at least one key)".into()));
+                return Err(self.fail(
+                    "tricks.pruned",
+                    "tricks.pruned lists no key (remove it, or restrict at least one key)".into(),
+                ));
             }
             for (k, vals) in &map {
                 if vals.is_empty() {
-                    return Err(self.fail("tricks.pruned", format!("tricks.pruned: key {k:?} allows no value")));
+                    return Err(self.fail(
+                        "tricks.pruned",
+                        format!("tricks.pruned: key {k:?} allows no value"),
+                    ));
                 }
                 if nb201 {
                     if !NB201_KEYS.contains(&k.as_str()) {
                         return Err(self.fail(
                             "tricks.pruned",
-                            format!("tricks.pruned: {k:?} is not an NB201 key (keys: {})", NB201_KEYS.join(", ")),
+                            format!(
+                                "tricks.pruned: {k:?} is not an NB201 key (keys: {})",
+                                NB201_KEYS.join(", ")
+                            ),
                         ));
                     }
-                    if let Some(v) = vals.iter().find(|v| v.as_u64().is_none_or(|o| o >= NB201_OPS as u64)) {
+                    if let Some(v) = vals
+                        .iter()
+                        .find(|v| v.as_u64().is_none_or(|o| o >= NB201_OPS as u64))
+                    {
                         return Err(self.fail(
                             "tricks.pruned",
                             format!("tricks.pruned: key {k:?}: {v} is not an NB201 op index 0..4"),
@@ -289,7 +306,12 @@ impl Checker<'_> {
             }
         }
         if let Some(o) = &t.omniscience {
-            self.float("tricks.omniscience.ratio", o.ratio, o.ratio > 0.0 && o.ratio <= 1.0, "in (0, 1]")?;
+            self.float(
+                "tricks.omniscience.ratio",
+                o.ratio,
+                o.ratio > 0.0 && o.ratio <= 1.0,
+                "in (0, 1]",
+            )?;
             if !o.random && no_truth {
                 return Err(self.fail(
                     "tricks.omniscience",
@@ -297,24 +319,38 @@ impl Checker<'_> {
                 ));
             }
             if t.train_split.is_some() {
-                return clash("omniscience", "train_split", "both choose the training subset of the archset");
+                return clash(
+                    "omniscience",
+                    "train_split",
+                    "both choose the training subset of the archset",
+                );
             }
         }
         if let Some(s) = &t.train_split {
             if s.folds < 2 {
-                return Err(self.fail("tricks.train_split.folds", format!("tricks.train_split.folds must be >= 2 (got {})", s.folds)));
+                return Err(self.fail(
+                    "tricks.train_split.folds",
+                    format!("tricks.train_split.folds must be >= 2 (got {})", s.folds),
+                ));
             }
             if s.index >= s.folds {
                 return Err(self.fail(
                     "tricks.train_split.index",
-                    format!("tricks.train_split.index must be < tricks.train_split.folds = {} (got {})", s.folds, s.index),
+                    format!(
+                        "tricks.train_split.index must be < tricks.train_split.folds = {} (got {})",
+                        s.folds, s.index
+                    ),
                 ));
             }
             if s.kind == SplitKind::Structured && nb201 {
                 if !NB201_KEYS.contains(&s.key.as_str()) {
                     return Err(self.fail(
                         "tricks.train_split.key",
-                        format!("tricks.train_split.key: {:?} is not an NB201 key (keys: {})", s.key, NB201_KEYS.join(", ")),
+                        format!(
+                            "tricks.train_split.key: {:?} is not an NB201 key (keys: {})",
+                            s.key,
+                            NB201_KEYS.join(", ")
+                        ),
                     ));
                 }
                 if s.folds > NB201_OPS {
@@ -333,7 +369,10 @@ impl Checker<'_> {
         }
         if let Some(a) = &t.augmented {
             self.at_least_one("tricks.augmented.copies", a.copies)?;
-            if nb201 && (a.setup.len() != NB201_KEYS.len() || !a.setup.chars().all(|c| ('0'..='4').contains(&c))) {
+            if nb201
+                && (a.setup.len() != NB201_KEYS.len()
+                    || !a.setup.chars().all(|c| ('0'..='4').contains(&c)))
+            {
                 return Err(self.fail(
                     "tricks.augmented.setup",
                     format!(
@@ -671,5 +710,159 @@ mod tests {
         })
         .is_ok());
         assert!(check(|c| c.experiment.name = "nb201-lr.05_x".into()).is_ok());
+    }
+
+    fn load(extra: &str) -> Result<crate::config::Resolved, String> {
+        let text = format!("[space]\nkind = \"nb201\"\n{extra}");
+        crate::config::load_str(&text, std::path::Path::new("x.toml"), &[])
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tricks_default_off_and_absent_from_the_resolved_config() {
+        let r = load("").unwrap();
+        assert!(r.config.tricks.is_empty());
+        assert!(!r.toml.contains("[tricks"), "{}", r.toml);
+        // An empty table turns a trick on with the study's defaults, recorded in full.
+        let r = load(
+            "[train]\nepochs = 1000\n[eval]\nnum_archs = 150\n\
+             [tricks.multipath]\n[tricks.focus_branch]\nmetric = \"lstsq\"\n",
+        )
+        .unwrap();
+        assert_eq!(r.config.tricks.active(), ["multipath", "focus_branch"]);
+        assert_eq!(
+            r.config
+                .tricks
+                .multipath
+                .as_ref()
+                .map(|m| (m.paths, m.fairnas)),
+            Some((5, false))
+        );
+        let f = r.config.tricks.focus_branch.as_ref().unwrap();
+        assert_eq!(
+            (f.every, f.min_archs, f.num_archs, f.metric),
+            (500, 10, 150, FocusMetric::Lstsq)
+        );
+        assert!(
+            r.toml
+                .contains("[tricks.multipath]\npaths = 5\nfairnas = false"),
+            "{}",
+            r.toml
+        );
+        let again =
+            crate::config::load_str(&r.toml, std::path::Path::new("/r/config.toml"), &[]).unwrap();
+        assert_eq!(again.config.tricks, r.config.tricks);
+        assert_ne!(r.hash, load("").unwrap().hash);
+    }
+
+    #[test]
+    fn pruned_list_form_is_rewritten_as_the_table_form() {
+        let table = load("[tricks.pruned]\n0_1 = [1, 3]\n2_3 = [2]\n").unwrap();
+        let list = load(
+            "[[tricks.pruned]]\nkey = \"2_3\"\nvalues = [2]\n[[tricks.pruned]]\nkey = \"0_1\"\nvalues = [1, 3]\n",
+        )
+        .unwrap();
+        assert_eq!(table.config.tricks, list.config.tricks);
+        assert_eq!(table.hash, list.hash);
+        assert!(matches!(list.config.tricks.pruned, Some(Pruned::Map(_))));
+        let e = load("[tricks.pruned]\n0_1 = 3\n").unwrap_err();
+        assert!(e.contains("tricks.pruned"), "{e}");
+    }
+
+    #[test]
+    fn trick_errors_name_the_key_and_the_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("[tricks.multipth]\n", "did you mean"),
+            (
+                "[tricks.multipath]\npaths = 0\n",
+                "tricks.multipath.paths must be >= 1 (got 0)",
+            ),
+            (
+                "[tricks.multipath]\nfairnas = true\npaths = 4\n",
+                "tricks.multipath.paths must be 5 (got 4)",
+            ),
+            (
+                "[tricks.multipath]\nfairnas = true\n[tricks.pruned]\n0_1 = [1]\n",
+                "tricks.multipath and tricks.pruned cannot be combined: FairNAS",
+            ),
+            (
+                "[tricks.omniscience]\nratio = 0\n",
+                "tricks.omniscience.ratio must be in (0, 1] (got 0)",
+            ),
+            (
+                "[eval]\nground_truth = \"none\"\n[tricks.omniscience]\n",
+                "ranks the archset by ground truth, but eval.ground_truth = \"none\"",
+            ),
+            (
+                "[tricks.omniscience]\n[tricks.train_split]\n",
+                "tricks.omniscience and tricks.train_split cannot be combined",
+            ),
+            (
+                "[tricks.train_split]\nindex = 5\n",
+                "tricks.train_split.index must be < tricks.train_split.folds = 5 (got 5)",
+            ),
+            (
+                "[tricks.train_split]\nfolds = 1\nindex = 0\n",
+                "tricks.train_split.folds must be >= 2 (got 1)",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"structured\"\nkey = \"0_4\"\n",
+                "\"0_4\" is not an NB201 key",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"structured\"\nfolds = 6\n",
+                "must be <= 5 (got 6)",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"by_acc\"\n",
+                "unknown value 'by_acc'",
+            ),
+            (
+                "[tricks.augmented]\nsetup = \"44444\"\n",
+                "tricks.augmented.setup must be 6 NB201 op indices",
+            ),
+            (
+                "[tricks.augmented]\nsetup = \"444445\"\n",
+                "tricks.augmented.setup must be 6 NB201 op indices",
+            ),
+            (
+                "[tricks.augmented]\n[tricks.focus_branch]\n[train]\nepochs = 500\n",
+                "tricks.augmented and tricks.focus_branch cannot be combined",
+            ),
+            (
+                "[tricks.cosine_restarts]\nevery = 30\n",
+                "train.epochs = 200 must be a multiple of tricks.cosine_restarts.every = 30",
+            ),
+            (
+                "[tricks.focus_branch]\n",
+                "tricks.focus_branch.every = 500 exceeds train.epochs = 200",
+            ),
+            (
+                "[tricks.focus_branch]\nevery = 100\nnum_archs = 150\n",
+                "tricks.focus_branch.num_archs = 150 exceeds eval.num_archs = 100",
+            ),
+            (
+                "[tricks.pruned]\n0_7 = [1]\n",
+                "\"0_7\" is not an NB201 key",
+            ),
+            ("[tricks.pruned]\n0_1 = [5]\n", "5 is not an NB201 op index"),
+            ("[tricks.pruned]\n0_1 = []\n", "allows no value"),
+        ];
+        for (text, want) in cases {
+            let e = load(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(e.contains(want), "{text}\n -> {e}");
+            assert!(e.starts_with("x.toml"), "{e}");
+        }
+        // Compatible combinations pass.
+        for ok in [
+            "[tricks.pruned]\n0_1 = [1, 2]\n[tricks.omniscience]\n[tricks.multipath]\npaths = 3\n",
+            "[tricks.train_split]\nkind = \"val_acc\"\n[tricks.cosine_restarts]\n[tricks.focus_branch]\nevery = 100\nnum_archs = 100\n",
+            "[tricks.augmented]\nreplicate = true\n[tricks.multipath]\n",
+            "[tricks.multipath]\nfairnas = true\n[tricks.cosine_restarts]\nevery = 100\n",
+        ] {
+            assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
+        }
     }
 }
