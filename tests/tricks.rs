@@ -254,7 +254,8 @@ fn killed_focus_branch_run_resumes_to_identical_result() {
     let file = repo().join("experiments/tricks/tiny/focus_branch.toml");
     let run = |out: &Path| {
         let mut c = runner();
-        c.arg(&file).arg(format!("--set=experiment.output={}", out.display()));
+        c.arg(&file)
+            .arg(format!("--set=experiment.output={}", out.display()));
         c
     };
     let (out_a, out_b) = (t.path().join("a"), t.path().join("b"));

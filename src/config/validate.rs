@@ -395,7 +395,7 @@ impl Checker<'_> {
         }
         if let Some(r) = &t.cosine_restarts {
             self.at_least_one("tricks.cosine_restarts.every", r.every)?;
-            if config.train.epochs % r.every != 0 {
+            if !config.train.epochs.is_multiple_of(r.every) {
                 return Err(self.fail(
                     "tricks.cosine_restarts.every",
                     format!(

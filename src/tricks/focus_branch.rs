@@ -353,7 +353,7 @@ mod tests {
                     .unwrap();
                 let want: Vec<Arch> = before
                     .iter()
-                    .filter(|a| Value::from(a.ops[e]) == c.choice)
+                    .filter(|a| c.choice == a.ops[e])
                     .cloned()
                     .collect();
                 assert_eq!(ts.archset(&space).unwrap(), want.as_slice());
@@ -419,7 +419,7 @@ mod tests {
         assert!(d
             .scores
             .iter()
-            .any(|b| b.key == "0_1" && b.choice == Value::from(3) && b.score.is_none()));
+            .any(|b| b.key == "0_1" && b.choice == 3 && b.score.is_none()));
         assert!(d.scores.iter().any(|b| b.key == "2_3"
             && b.skipped.as_deref() == Some("taken by every evaluated architecture")));
         // Nothing qualifies: no decision, the archset is unchanged.

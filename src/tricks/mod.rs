@@ -410,7 +410,7 @@ impl<S: Space> TrickSet<S> {
     /// At a focus-branch epoch: how many of the evaluated architectures the decision scores.
     pub fn focus_due(&self, epoch: usize) -> Option<usize> {
         let f = self.cfg.focus_branch.as_ref()?;
-        (epoch > 0 && epoch % f.every == 0).then_some(f.num_archs)
+        (epoch > 0 && epoch.is_multiple_of(f.every)).then_some(f.num_archs)
     }
 
     /// Scores every (key, choice) on the evaluated `archs` and their supernet `accuracies`,
