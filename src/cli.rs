@@ -1,7 +1,7 @@
 //! The command line: parses arguments and calls `run`; prints nothing else.
 
 use crate::config;
-use crate::run::{dir::RunDir, execute, records::Summary};
+use crate::run::{diff, dir::RunDir, execute, records::Summary, report, show};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -68,6 +68,42 @@ pub enum Command {
         #[arg(long)]
         no_pytorch: bool,
     },
+    /// Compare run folders (or sweep folders, point by point): the params that differ and the
+    /// metrics in DVC's layout `Path Metric Old New Change`; each folder against the first.
+    Diff {
+        /// Two or more run folders, or two or more sweep folders.
+        #[arg(required = true, num_args = 2..)]
+        folders: Vec<PathBuf>,
+        /// Also list unchanged params and metrics.
+        #[arg(long)]
+        all: bool,
+        /// Significant digits of metric values.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=17))]
+        precision: u16,
+        #[arg(long, group = "format")]
+        json: bool,
+        /// Markdown tables.
+        #[arg(long, group = "format")]
+        md: bool,
+        /// One CSV table (`Path[,Point],Kind,Name,Old,New,Change`).
+        #[arg(long, group = "format")]
+        csv: bool,
+    },
+    /// Print a run folder's summary (evaluations over epochs) or a sweep folder's points.
+    Show {
+        dir: PathBuf,
+        /// Sort rows by this metric (a run: `kendall_tau`, `epoch`, ...; a sweep:
+        /// `kendall_tau`, `final_train_loss`, ...).
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        /// `asc` or `desc` (missing values always last).
+        #[arg(long, default_value = "asc", requires = "sort")]
+        sort_order: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// (Re)write `report.html` of a run folder.
+    Report { dir: PathBuf },
 }
 
 /// Where log lines go besides stderr once the run folder is known.
@@ -97,46 +133,16 @@ impl Write for LogWriter {
 fn init_logging() {
     use tracing_subscriber::{fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     let file = fmt::layer().with_writer(|| LogWriter).with_ansi(false).with_target(false);
     let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
 }
 
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into())
-}
-
 /// The final table on stdout.
 pub fn summary_table(s: &Summary, folder: &std::path::Path) -> String {
-    let mut t = String::new();
-    t.push_str(&format!("run        {}\n", folder.display()));
-    t.push_str(&format!("space      {}   epochs {}   steps {}   unsampled params: {}\n", s.space, s.epochs, s.steps, s.unsampled));
-    if let Some(gt) = &s.ground_truth {
-        t.push_str(&format!("truth      {gt}\n"));
-    }
-    if let Some(tricks) = s.tricks.as_object().filter(|o| !o.is_empty()) {
-        let names: Vec<&str> = tricks.keys().map(String::as_str).collect();
-        let size = s.train_archset_size.map(|n| format!("   training archset {n}")).unwrap_or_default();
-        t.push_str(&format!("tricks     {}{size}\n", names.join(", ")));
-    }
-    t.push_str(&format!("train      loss {}   accuracy {}\n", fmt_opt(s.final_train_loss), fmt_opt(s.final_train_accuracy)));
-    t.push_str("\n epoch  archs  mean acc  kendall  spearman  pearson  top-k\n");
-    for e in &s.history {
-        t.push_str(&format!(
-            "{:>6} {:>6} {:>9.4} {:>8} {:>9} {:>8} {:>6}\n",
-            e.epoch,
-            e.num_archs,
-            e.mean_accuracy,
-            fmt_opt(e.kendall_tau),
-            fmt_opt(e.spearman),
-            fmt_opt(e.pearson),
-            fmt_opt(e.top_k_overlap)
-        ));
-    }
-    if let Some(f) = s.tau_fraction_of_noise_ceiling {
-        t.push_str(&format!("\nkendall tau = {:.1}% of the ground truth's seed-to-seed tau\n", f * 100.0));
-    }
-    t
+    crate::run::show::summary_text(s, folder)
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -155,6 +161,35 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
     }
     print!("{}", summary_table(&outcome.summary, &dir.path));
+    Ok(())
+}
+
+/// `diff`, `show` and `report`: read results folders, print to stdout.
+pub fn results_command(command: Command) -> Result<()> {
+    match command {
+        Command::Diff { folders, all, precision, json, md, csv } => {
+            let format = if json {
+                diff::Format::Json
+            } else if md {
+                diff::Format::Markdown
+            } else if csv {
+                diff::Format::Csv
+            } else {
+                diff::Format::Table
+            };
+            let inputs: Vec<diff::Input> = folders.into_iter().map(diff::Input::new).collect();
+            print!("{}", diff::diff(&inputs, all)?.render(format, precision as usize)?);
+        }
+        Command::Show { dir, sort, sort_order, json } => {
+            let opts = show::ShowOptions { sort, order: show::parse_order(&sort_order)?, json };
+            print!("{}", show::show(&dir, &dir.display().to_string(), &opts)?);
+        }
+        Command::Report { dir } => {
+            report::write_report(&dir)?;
+            println!("{}", dir.join("report.html").display());
+        }
+        other => anyhow::bail!("not a results command: {other:?}"),
+    }
     Ok(())
 }
 
@@ -184,6 +219,7 @@ pub fn main() -> i32 {
             print!("{}", crate::run::bench::bench(&args)?);
             Ok(())
         })(),
+        Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => results_command(command),
         None => run(cli.run),
     };
     match result {
@@ -192,5 +228,35 @@ pub fn main() -> i32 {
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_commands_parse_and_fail_on_bad_folders() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/diff/run_a");
+        let cli = Cli::try_parse_from(["runner", "diff", fixture, fixture, "--md", "--precision", "3"]).unwrap();
+        match &cli.command {
+            Some(Command::Diff { folders, md: true, json: false, precision: 3, .. }) => assert_eq!(folders.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(results_command(cli.command.unwrap()).is_ok());
+        // One format at a time; at least two folders; a precision of at least one digit.
+        assert!(Cli::try_parse_from(["runner", "diff", "a", "b", "--md", "--csv"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "diff", "a"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "diff", "a", "b", "--precision", "0"]).is_err());
+        assert!(Cli::try_parse_from(["runner", "show", "a", "--sort-order", "desc"]).is_err());
+
+        let t = tempfile::tempdir().unwrap();
+        let cli = Cli::try_parse_from(["runner".as_ref(), "diff".as_ref(), fixture.as_ref(), t.path().as_os_str()]).unwrap();
+        let err = format!("{:#}", results_command(cli.command.unwrap()).unwrap_err());
+        assert!(!err.contains('\n') && err.contains(&t.path().display().to_string()) && err.contains("neither a run folder"), "{err}");
+        let cli = Cli::try_parse_from(["runner".as_ref(), "show".as_ref(), t.path().as_os_str()]).unwrap();
+        assert!(results_command(cli.command.unwrap()).is_err());
+        let cli = Cli::try_parse_from(["runner", "show", fixture, "--sort", "kendall_tau", "--sort-order", "sideways"]).unwrap();
+        assert!(format!("{:#}", results_command(cli.command.unwrap()).unwrap_err()).contains("'asc' or 'desc'"));
     }
 }

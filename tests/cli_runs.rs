@@ -81,7 +81,7 @@ fn killed_run_resumes_to_identical_result() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let dir_a = run_dir(&t.path().join("a"));
     let sa = summary(&dir_a);
-    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log"] {
+    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log", "report.html"] {
         assert!(dir_a.join(f).exists(), "missing {f}");
     }
     let fe = &sa["final_eval"];
@@ -130,6 +130,9 @@ fn killed_run_resumes_to_identical_result() {
         .collect();
     assert_eq!(steps, (1..=18).collect::<Vec<u64>>());
 
+    // The resumed run wrote a second TensorBoard events file.
+    assert_eq!(std::fs::read_dir(dir_b.join("tb")).unwrap().count(), 2);
+
     // A finished run is not retrained.
     let before = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
     let st = runner().arg(&b).output().unwrap();
@@ -146,7 +149,7 @@ fn bad_inputs_fail_with_one_line() {
     let cases: Vec<(&str, String, &str)> = vec![
         ("misspelt key", good.replace("max_steps = 6", "max_steps = 6\nlerning_rate = 0.1"), "learning_rate"),
         ("missing data", good.replace("cifar10-mini-jpg", "no-such-folder"), "no-such-folder"),
-        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "outside the output root"),
+        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "allow_outside_output"),
         ("malformed toml", good.replace("[train]", "[train"), "invalid TOML"),
     ];
     for (what, text, needle) in cases {
@@ -159,4 +162,32 @@ fn bad_inputs_fail_with_one_line() {
         assert!(last.starts_with("error: ") && last.contains(needle), "{what}: {err}");
         assert!(!t.path().join("c").join("..").join("evil").exists());
     }
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "d");
+    let quick = ["--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "eval.at_start=false", "--set", "eval.num_archs=2"];
+    let st = runner().arg(&cfg).args(quick).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let dir = run_dir(&t.path().join("d"));
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    let ck = dir.join("checkpoints/latest.safetensors");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&ck, &bytes).unwrap();
+    let st = runner().arg(&cfg).args(quick).output().unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.lines().last().unwrap().contains("corrupt"), "{err}");
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the corrupt checkpoint must be left as it was");
+
+    // An output root that cannot be created (a path below a regular file).
+    let blocker = t.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let st = runner().arg(&cfg).args(quick).args(["--set", &format!("experiment.output=\"{}\"", blocker.join("out").display())]).output().unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.lines().last().unwrap().contains("cannot create output folder"), "{err}");
 }

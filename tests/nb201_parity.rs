@@ -8,11 +8,14 @@ use runner::nn::{self, Mode, Store};
 use runner::space::{nb201, Ctx, Space, Supernet};
 use std::collections::{BTreeMap, HashMap};
 
+/// Max absolute difference relative to the reference's largest magnitude, floored at 1e-3 so
+/// that analytically-zero gradients (a BN bias feeding another BN) compare at 1e-7 absolute,
+/// the f32 rounding level of the sums involved.
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
@@ -44,7 +47,7 @@ fn nb201_path_matches_pytorch() {
         match (fx.get(&format!("grad.{name}")), grads.get(var.as_tensor())) {
             (Some(want), Some(got)) => {
                 let e = rel_err(got, want);
-                assert!(e < 1e-4, "{name}: gradient rel err {e}");
+                assert!(e < 1e-4, "{name}: gradient rel err {e}: got {:?} want {:?}", got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
                 with_grad += 1;
             }
             (None, None) => {}

@@ -169,7 +169,7 @@ pub struct Eval {
     /// Which benchmark table of the ground truth to score against: `auto` (the data split's
     /// name) or an NB201 dataset name (`cifar10-valid`, `cifar10`, `cifar100`, `imagenet-16-120`).
     pub ground_truth_dataset: String,
-    /// Use only the first this many validation images (0 = all).
+    /// Evaluate on a seeded random subset of this many validation images (0 = all).
     pub valid_images: usize,
     /// Fraction of evaluated architectures used for top-k overlap.
     pub top_k_fraction: f64,

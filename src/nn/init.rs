@@ -55,7 +55,12 @@ pub fn pytorch_default_weight(rng: &mut Rng, dims: &[usize], device: &Device) ->
 }
 
 /// PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-pub fn pytorch_default_bias(rng: &mut Rng, fan_in: usize, len: usize, device: &Device) -> Result<Tensor> {
+pub fn pytorch_default_bias(
+    rng: &mut Rng,
+    fan_in: usize,
+    len: usize,
+    device: &Device,
+) -> Result<Tensor> {
     if fan_in == 0 {
         bail!("pytorch_default_bias: fan_in must be > 0");
     }
@@ -65,7 +70,12 @@ pub fn pytorch_default_bias(rng: &mut Rng, fan_in: usize, len: usize, device: &D
 }
 
 /// Normal(0, std) truncated to [-2 std, 2 std] (resampled), as NAS-Bench-101's conv init.
-pub fn truncated_normal(rng: &mut Rng, dims: &[usize], std: f64, device: &Device) -> Result<Tensor> {
+pub fn truncated_normal(
+    rng: &mut Rng,
+    dims: &[usize],
+    std: f64,
+    device: &Device,
+) -> Result<Tensor> {
     check_std(std, "truncated_normal")?;
     let n = dims.iter().product();
     let mut v = Vec::with_capacity(n);
@@ -130,17 +140,29 @@ mod tests {
     /// Checks the bounds exactly and mean / std of a uniform sample against U(-b, b).
     fn check_uniform(v: &[f32], lo: f64, hi: f64) {
         let (lo32, hi32) = (lo as f32, hi as f32);
-        assert!(v.iter().all(|&x| x >= lo32 && x < hi32), "value outside [{lo}, {hi})");
+        assert!(
+            v.iter().all(|&x| x >= lo32 && x < hi32),
+            "value outside [{lo}, {hi})"
+        );
         let (mean, std) = mean_std(v);
         let want_std = (hi - lo) / 12f64.sqrt();
         // Standard error of the mean is want_std / sqrt(N) ~ 0.003 want_std; allow 5 of them.
-        assert!((mean - (lo + hi) / 2.0).abs() < 5.0 * want_std / (v.len() as f64).sqrt(), "mean {mean}");
-        assert!((std / want_std - 1.0).abs() < 0.01, "std {std} vs {want_std}");
+        assert!(
+            (mean - (lo + hi) / 2.0).abs() < 5.0 * want_std / (v.len() as f64).sqrt(),
+            "mean {mean}"
+        );
+        assert!(
+            (std / want_std - 1.0).abs() < 0.01,
+            "std {std} vs {want_std}"
+        );
         // The extremes are approached: a clipped or shrunk range would fail this.
         let span = hi - lo;
         let min = v.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
         let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        assert!(min < lo + 0.001 * span && max > hi - 0.001 * span, "range [{min}, {max}]");
+        assert!(
+            min < lo + 0.001 * span && max > hi - 0.001 * span,
+            "range [{min}, {max}]"
+        );
     }
 
     #[test]
@@ -152,7 +174,8 @@ mod tests {
         let b = 1.0 / 90f64.sqrt();
         check_uniform(&values(&t), -b, b);
         // Linear weight (out, in): fan_in = in.
-        let t = pytorch_default_weight(&mut stream(1, "w", &[]), &[1000, 100], &Device::Cpu).unwrap();
+        let t =
+            pytorch_default_weight(&mut stream(1, "w", &[]), &[1000, 100], &Device::Cpu).unwrap();
         check_uniform(&values(&t), -0.1, 0.1);
         assert!(pytorch_default_weight(&mut stream(1, "w", &[]), &[5], &Device::Cpu).is_err());
     }
@@ -167,7 +190,14 @@ mod tests {
 
     #[test]
     fn uniform_and_xavier() {
-        let t = uniform(&mut stream(3, "u", &[]), &[100, 1000], -0.04, 0.04, &Device::Cpu).unwrap();
+        let t = uniform(
+            &mut stream(3, "u", &[]),
+            &[100, 1000],
+            -0.04,
+            0.04,
+            &Device::Cpu,
+        )
+        .unwrap();
         check_uniform(&values(&t), -0.04, 0.04);
         let t = uniform(&mut stream(3, "u", &[]), &[N], 1.0, 3.0, &Device::Cpu).unwrap();
         check_uniform(&values(&t), 1.0, 3.0);
@@ -200,7 +230,8 @@ mod tests {
     #[test]
     fn truncated_normal_bounds_and_moments() {
         let std = 0.3;
-        let t = truncated_normal(&mut stream(5, "t", &[]), &[10, N / 10], std, &Device::Cpu).unwrap();
+        let t =
+            truncated_normal(&mut stream(5, "t", &[]), &[10, N / 10], std, &Device::Cpu).unwrap();
         let v = values(&t);
         let bound = (2.0 * std) as f32;
         assert!(v.iter().all(|&x| x.abs() <= bound));

@@ -4,6 +4,7 @@
 use super::checkpoint::{self, Checkpoint};
 use super::dir::RunDir;
 use super::records::{finite, EvalRecord, Progress, Summary};
+use super::tensorboard::TbLog;
 use crate::config::{Config, Resolved};
 use crate::data::{self, Split};
 use crate::nn::Store;
@@ -252,8 +253,12 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         prefetch: cfg.data.prefetch,
     };
     let mut valid_indices = d.valid_indices.clone();
-    if cfg.eval.valid_images > 0 {
-        valid_indices.truncate(cfg.eval.valid_images);
+    if cfg.eval.valid_images > 0 && cfg.eval.valid_images < valid_indices.len() {
+        // A seeded subset in the original order: files are often sorted by class, so a prefix
+        // would cover only some classes.
+        let mut pick: Vec<usize> = data::shuffled(valid_indices.len(), seed, "valid-subset", &[]).into_iter().take(cfg.eval.valid_images).collect();
+        pick.sort_unstable();
+        valid_indices = pick.into_iter().map(|i| valid_indices[i]).collect();
     }
     let valid = ValidSet {
         set: d.valid.clone(),
@@ -287,9 +292,12 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         checkpoint::save(path, &resolved.hash, &ck)
     };
 
+    // A resumed run writes a new events file; TensorBoard keeps the later value of a step.
+    let mut tb = TbLog::open(&dir.path);
     if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
         let k = cfg.eval.num_archs_intermediate.min(archs.len());
         let (rec, _) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
+        tb.eval(&rec);
         progress.history.push(rec);
         progress.recal_consumed = recal.consumed;
     }
@@ -335,6 +343,7 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
                 o.insert("paths".into(), outcomes.len().into());
             }
             append_metrics(dir, &line)?;
+            tb.train_step(progress.step, loss_v, c / n as f64, lr);
             pb.inc(1);
             pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct / seen as f64));
         }
@@ -357,6 +366,7 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             }
             let k = k.min(archs.len());
             let (rec, accs) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
+            tb.eval(&rec);
             progress.history.push(rec);
             progress.recal_consumed = recal.consumed;
             if focus.is_some() {
@@ -379,6 +389,7 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             }
         }
         progress.tricks = tricks.progress();
+        tb.flush();
         if epoch % cfg.experiment.checkpoint_every == 0 || last {
             save(&progress, &opt, &latest)?;
         }
@@ -407,6 +418,11 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
     };
     let final_ck = Checkpoint { model: parts.store.tensors(), optim: Default::default(), progress: progress.clone() };
     checkpoint::save(&dir.file("checkpoints/final.safetensors"), &resolved.hash, &final_ck)?;
+    drop(tb);
+    // The report is a view of the results, not a result: failing to draw it does not fail the run.
+    if let Err(e) = super::report::write_report_with(&dir.path, Some(&summary)) {
+        tracing::warn!("report.html not written: {e:#}");
+    }
     dir.write("summary.json", serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(Outcome { summary, already_finished: false })
 }
