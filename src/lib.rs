@@ -11,3 +11,4 @@ pub mod rng;
 pub mod run;
 pub mod space;
 pub mod train;
+pub mod tricks;

@@ -74,5 +74,6 @@ pub fn nb201() -> Config {
             top_k_fraction: 0.1,
         },
         device: DeviceCfg::default(),
+        tricks: Tricks::default(),
     }
 }

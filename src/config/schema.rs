@@ -21,6 +21,10 @@ pub struct Config {
     pub eval: Eval,
     #[serde(default)]
     pub device: DeviceCfg,
+    /// Supernet-training interventions of the study (none active by default). Left out of the
+    /// resolved TOML (and so of the hash) when none is active.
+    #[serde(default, skip_serializing_if = "Tricks::is_empty")]
+    pub tricks: Tricks,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,3 +211,283 @@ pub enum DeviceKind {
     Cpu,
     Cuda,
 }
+
+/// `[tricks]`: each trick is an optional sub-table; a present table (even empty, `{}`) turns the
+/// trick on with the study's defaults for the keys it does not set. See `crate::tricks`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tricks {
+    /// Restrict arch keys to allowed values: `{ "0_1" = [1, 3], ... }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath: Option<Multipath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omniscience: Option<Omniscience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_split: Option<TrainSplit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmented: Option<Augmented>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_restarts: Option<CosineRestarts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub focus_branch: Option<FocusBranch>,
+}
+
+impl Tricks {
+    /// Names of the active tricks, in registry order.
+    pub fn active(&self) -> Vec<&'static str> {
+        let on = [
+            ("pruned", self.pruned.is_some()),
+            ("multipath", self.multipath.is_some()),
+            ("omniscience", self.omniscience.is_some()),
+            ("train_split", self.train_split.is_some()),
+            ("augmented", self.augmented.is_some()),
+            ("cosine_restarts", self.cosine_restarts.is_some()),
+            ("focus_branch", self.focus_branch.is_some()),
+        ];
+        on.iter().filter(|(_, a)| *a).map(|(n, _)| *n).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active().is_empty()
+    }
+}
+
+/// `pruned`: allowed values per arch key, written either as a table of lists
+/// (`{ "0_1" = [1, 3] }`) or as a list of `{ key, values }` tables
+/// (`[{ key = "0_1", values = [1, 3] }]`). Validation rewrites the list form into the table
+/// form, so the resolved config (and its hash) does not depend on the spelling. Values are the
+/// benchmark JSON values of the key (NB201: op indices).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Pruned {
+    Map(std::collections::BTreeMap<String, Vec<serde_json::Value>>),
+    List(Vec<PrunedKey>),
+}
+
+impl Pruned {
+    /// The table form (later entries of a list win over earlier ones with the same key).
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+        match self {
+            Pruned::Map(m) => m.clone(),
+            Pruned::List(l) => l
+                .iter()
+                .map(|k| (k.key.clone(), k.values.clone()))
+                .collect(),
+        }
+    }
+}
+
+// By hand rather than `untagged`, whose error ("did not match any variant") names neither form.
+impl<'de> Deserialize<'de> for Pruned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pruned;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of allowed-value lists ({ \"0_1\" = [1, 3] }) or a list of { key, values } tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Pruned, A::Error> {
+                let mut m = std::collections::BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, Vec<serde_json::Value>>()? {
+                    m.insert(k, v);
+                }
+                Ok(Pruned::Map(m))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Pruned, A::Error> {
+                let mut l = vec![];
+                while let Some(k) = seq.next_element::<PrunedKey>()? {
+                    l.push(k);
+                }
+                Ok(Pruned::List(l))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrunedKey {
+    pub key: String,
+    pub values: Vec<serde_json::Value>,
+}
+
+/// `multipath`: `paths` architectures trained on the same batch per step, their losses summed
+/// before one backward, one clip and one optimizer step. `fairnas`: the paths are built from
+/// per-key permutations so that every choice of every key is used exactly once per step
+/// (needs `paths` = the number of choices of each key).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Multipath {
+    /// Paths per step (the study: 5 on NB201, 3 on NB101).
+    pub paths: usize,
+    pub fairnas: bool,
+}
+
+impl Default for Multipath {
+    fn default() -> Self {
+        Self {
+            paths: 5,
+            fairnas: false,
+        }
+    }
+}
+
+/// `omniscience`: train only on the best `ratio` of the archset by ground truth (or a seeded
+/// random `ratio` of it with `random = true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Omniscience {
+    pub ratio: f64,
+    pub random: bool,
+}
+
+impl Default for Omniscience {
+    fn default() -> Self {
+        Self {
+            ratio: 0.33,
+            random: false,
+        }
+    }
+}
+
+/// `train_split`: train on fold `index` of `folds` folds of the archset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSplit {
+    pub kind: SplitKind,
+    /// Number of folds (the study: 5 on NB201, 3 on NB101). With `structured` the folds are the
+    /// first `folds` choices of `key`.
+    pub folds: usize,
+    /// Which fold to train on (0-based; with `val_acc` fold 0 is the worst).
+    pub index: usize,
+    /// The arch key whose choice defines the folds of `structured`.
+    pub key: String,
+    /// Seed of the `shuffle` permutation (the study's `split_seed`, independent of
+    /// `experiment.seed`).
+    pub seed: u64,
+}
+
+impl Default for TrainSplit {
+    fn default() -> Self {
+        Self {
+            kind: SplitKind::Shuffle,
+            folds: 5,
+            index: 0,
+            key: "0_1".into(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitKind {
+    /// Seeded shuffle, then consecutive chunks of `len / folds`.
+    Shuffle,
+    /// Fold k holds the architectures whose `key` takes its k-th choice.
+    Structured,
+    /// Ground-truth quantiles, ascending: consecutive chunks of `len / folds` after sorting.
+    ValAcc,
+}
+
+/// `augmented`: fix every node's op from `setup` (NB201: 6 digits, op indices of the edges
+/// 0_1, 0_2, 1_2, 0_3, 1_3, 2_3 in this order, the reference's node-major order). With
+/// `replicate`, every op of the supernet gets `copies` independently initialised copies and
+/// each forward call picks one copy per edge at random.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augmented {
+    pub setup: String,
+    pub replicate: bool,
+    pub copies: usize,
+}
+
+impl Default for Augmented {
+    fn default() -> Self {
+        Self {
+            setup: "444444".into(),
+            replicate: false,
+            copies: 5,
+        }
+    }
+}
+
+/// `cosine_restarts`: SGDR with a fixed period of `every` epochs (the learning rate returns to
+/// `train.learning_rate` at the start of each period) instead of one cosine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CosineRestarts {
+    pub every: usize,
+}
+
+impl Default for CosineRestarts {
+    fn default() -> Self {
+        Self { every: 50 }
+    }
+}
+
+/// `focus_branch`: every `every` epochs, score each (key, choice) on `num_archs` evaluated
+/// architectures, fix the best choice, shrink the archset, restart the sampler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FocusBranch {
+    pub every: usize,
+    pub metric: FocusMetric,
+    /// A choice taken by fewer evaluated architectures than this is not scored.
+    pub min_archs: usize,
+    /// Architectures evaluated for each decision (the first of the validation subset; at most
+    /// `eval.num_archs`).
+    pub num_archs: usize,
+}
+
+impl Default for FocusBranch {
+    fn default() -> Self {
+        Self {
+            every: 500,
+            metric: FocusMetric::Nondominated,
+            min_archs: 10,
+            num_archs: 150,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FocusMetric {
+    /// Mean supernet accuracy of the architectures taking the choice.
+    Accuracy,
+    /// Fraction of (with, without) pairs where the one with the choice has fewer parameters and
+    /// a higher accuracy.
+    Nondominated,
+    /// Mean accuracy residual after a least-squares fit of accuracy on log(params).
+    Lstsq,
+}
+
+/// What a trick needs of a space, and the spaces it is implemented and verified for.
+pub struct TrickInfo {
+    pub name: &'static str,
+    /// `space.kind`s the trick supports today.
+    pub spaces: &'static [&'static str],
+    /// Why a space can be missing from `spaces` (what the trick needs).
+    pub needs: &'static str,
+}
+
+/// Every trick, in the order they are applied and listed.
+pub const TRICKS: &[TrickInfo] = &[
+    TrickInfo { name: "pruned", spaces: &["nb201"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
+    TrickInfo { name: "multipath", spaces: &["nb201"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
+    TrickInfo { name: "omniscience", spaces: &["nb201"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
+    TrickInfo { name: "train_split", spaces: &["nb201"], needs: "an enumerated archset (val_acc: with ground truth)" },
+    TrickInfo { name: "augmented", spaces: &["nb201"], needs: "a setup string format and, for replicate, a supernet with op copies" },
+    TrickInfo { name: "cosine_restarts", spaces: &["nb201"], needs: "the per-step cosine schedule" },
+    TrickInfo { name: "focus_branch", spaces: &["nb201"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
+];

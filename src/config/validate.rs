@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::errors::{ConfigError, Place};
-use super::schema::{Config, Dataset, Space};
+use super::schema::{Config, Dataset, FocusMetric, Pruned, Space, SplitKind, TRICKS};
 use super::suggest;
 
 /// Values `data.split` accepts.
@@ -31,6 +31,10 @@ pub fn validate(config: &mut Config, origin: &dyn Fn(&str) -> Place) -> Result<(
     c.data(config)?;
     c.train(config)?;
     c.eval(config)?;
+    c.tricks(config)?;
+    if let Some(p) = &mut config.tricks.pruned {
+        *p = Pruned::Map(p.to_map());
+    }
     config.eval.num_archs_intermediate = config
         .eval
         .num_archs_intermediate
@@ -202,6 +206,235 @@ impl Checker<'_> {
         }
         let f = e.top_k_fraction;
         self.float("eval.top_k_fraction", f, f > 0.0 && f <= 1.0, "in (0, 1]")
+    }
+}
+
+/// NAS-Bench-201's arch keys, in encoding order, and its number of ops per key.
+const NB201_KEYS: [&str; 6] = ["0_1", "0_2", "0_3", "1_2", "1_3", "2_3"];
+const NB201_OPS: usize = 5;
+
+impl Checker<'_> {
+    /// `[tricks]`: ranges, the spaces each trick supports, and which tricks combine.
+    fn tricks(&self, config: &Config) -> Result<(), ConfigError> {
+        let t = &config.tricks;
+        let kind = config.space.kind();
+        for name in t.active() {
+            let Some(info) = TRICKS.iter().find(|i| i.name == name) else {
+                continue;
+            };
+            if !info.spaces.contains(&kind) {
+                return Err(self.fail(
+                    &format!("tricks.{name}"),
+                    format!(
+                        "tricks.{name} is not available for space.kind = \"{kind}\" (supported: {}; it needs {})",
+                        info.spaces.join(", "),
+                        info.needs
+                    ),
+                ));
+            }
+        }
+        let clash = |a: &str, b: &str, why: &str| -> Result<(), ConfigError> {
+            Err(self.fail(
+                &format!("tricks.{b}"),
+                format!("tricks.{a} and tricks.{b} cannot be combined: {why}"),
+            ))
+        };
+        let nb201 = matches!(config.space, Space::Nb201(_));
+        let no_truth = config.eval.ground_truth == "none";
+        if let Some(p) = &t.pruned {
+            let map = p.to_map();
+            if map.is_empty() {
+                return Err(self.fail(
+                    "tricks.pruned",
+                    "tricks.pruned lists no key (remove it, or restrict at least one key)".into(),
+                ));
+            }
+            for (k, vals) in &map {
+                if vals.is_empty() {
+                    return Err(self.fail(
+                        "tricks.pruned",
+                        format!("tricks.pruned: key {k:?} allows no value"),
+                    ));
+                }
+                if nb201 {
+                    if !NB201_KEYS.contains(&k.as_str()) {
+                        return Err(self.fail(
+                            "tricks.pruned",
+                            format!(
+                                "tricks.pruned: {k:?} is not an NB201 key (keys: {})",
+                                NB201_KEYS.join(", ")
+                            ),
+                        ));
+                    }
+                    if let Some(v) = vals
+                        .iter()
+                        .find(|v| v.as_u64().is_none_or(|o| o >= NB201_OPS as u64))
+                    {
+                        return Err(self.fail(
+                            "tricks.pruned",
+                            format!("tricks.pruned: key {k:?}: {v} is not an NB201 op index 0..4"),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(m) = &t.multipath {
+            self.at_least_one("tricks.multipath.paths", m.paths)?;
+            if m.fairnas {
+                if nb201 && m.paths != NB201_OPS {
+                    return Err(self.fail(
+                        "tricks.multipath.paths",
+                        format!(
+                            "tricks.multipath.fairnas uses each of the {NB201_OPS} NB201 ops of every edge exactly once per step, \
+                             so tricks.multipath.paths must be {NB201_OPS} (got {})",
+                            m.paths
+                        ),
+                    ));
+                }
+                let why = "FairNAS trains every choice of every key at each step, which ignores any restriction of the archset";
+                for (on, name) in [
+                    (t.pruned.is_some(), "pruned"),
+                    (t.omniscience.is_some(), "omniscience"),
+                    (t.train_split.is_some(), "train_split"),
+                    (t.augmented.is_some(), "augmented"),
+                    (t.focus_branch.is_some(), "focus_branch"),
+                ] {
+                    if on {
+                        return clash("multipath", name, why);
+                    }
+                }
+            }
+        }
+        if let Some(o) = &t.omniscience {
+            self.float(
+                "tricks.omniscience.ratio",
+                o.ratio,
+                o.ratio > 0.0 && o.ratio <= 1.0,
+                "in (0, 1]",
+            )?;
+            if !o.random && no_truth {
+                return Err(self.fail(
+                    "tricks.omniscience",
+                    "tricks.omniscience ranks the archset by ground truth, but eval.ground_truth = \"none\" (set random = true, or give ground truth)".into(),
+                ));
+            }
+            if t.train_split.is_some() {
+                return clash(
+                    "omniscience",
+                    "train_split",
+                    "both choose the training subset of the archset",
+                );
+            }
+        }
+        if let Some(s) = &t.train_split {
+            if s.folds < 2 {
+                return Err(self.fail(
+                    "tricks.train_split.folds",
+                    format!("tricks.train_split.folds must be >= 2 (got {})", s.folds),
+                ));
+            }
+            if s.index >= s.folds {
+                return Err(self.fail(
+                    "tricks.train_split.index",
+                    format!(
+                        "tricks.train_split.index must be < tricks.train_split.folds = {} (got {})",
+                        s.folds, s.index
+                    ),
+                ));
+            }
+            if s.kind == SplitKind::Structured && nb201 {
+                if !NB201_KEYS.contains(&s.key.as_str()) {
+                    return Err(self.fail(
+                        "tricks.train_split.key",
+                        format!(
+                            "tricks.train_split.key: {:?} is not an NB201 key (keys: {})",
+                            s.key,
+                            NB201_KEYS.join(", ")
+                        ),
+                    ));
+                }
+                if s.folds > NB201_OPS {
+                    return Err(self.fail(
+                        "tricks.train_split.folds",
+                        format!("a structured split has one fold per op of the key: tricks.train_split.folds must be <= {NB201_OPS} (got {})", s.folds),
+                    ));
+                }
+            }
+            if s.kind == SplitKind::ValAcc && no_truth {
+                return Err(self.fail(
+                    "tricks.train_split.kind",
+                    "tricks.train_split.kind = \"val_acc\" sorts by ground truth, but eval.ground_truth = \"none\"".into(),
+                ));
+            }
+        }
+        if let Some(a) = &t.augmented {
+            self.at_least_one("tricks.augmented.copies", a.copies)?;
+            if nb201
+                && (a.setup.len() != NB201_KEYS.len()
+                    || !a.setup.chars().all(|c| ('0'..='4').contains(&c)))
+            {
+                return Err(self.fail(
+                    "tricks.augmented.setup",
+                    format!(
+                        "tricks.augmented.setup must be 6 NB201 op indices 0..4 for the edges 0_1 0_2 1_2 0_3 1_3 2_3 (got {:?})",
+                        a.setup
+                    ),
+                ));
+            }
+            let why = "augmented fixes the architecture, leaving nothing to restrict";
+            for (on, name) in [
+                (t.pruned.is_some(), "pruned"),
+                (t.omniscience.is_some(), "omniscience"),
+                (t.train_split.is_some(), "train_split"),
+                (t.focus_branch.is_some(), "focus_branch"),
+            ] {
+                if on {
+                    return clash("augmented", name, why);
+                }
+            }
+        }
+        if let Some(r) = &t.cosine_restarts {
+            self.at_least_one("tricks.cosine_restarts.every", r.every)?;
+            if !config.train.epochs.is_multiple_of(r.every) {
+                return Err(self.fail(
+                    "tricks.cosine_restarts.every",
+                    format!(
+                        "train.epochs = {} must be a multiple of tricks.cosine_restarts.every = {} (the study's restarts end a period at the last epoch)",
+                        config.train.epochs, r.every
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &t.focus_branch {
+            self.at_least_one("tricks.focus_branch.every", f.every)?;
+            self.at_least_one("tricks.focus_branch.min_archs", f.min_archs)?;
+            self.at_least_one("tricks.focus_branch.num_archs", f.num_archs)?;
+            if f.every > config.train.epochs {
+                return Err(self.fail(
+                    "tricks.focus_branch.every",
+                    format!(
+                        "tricks.focus_branch.every = {} exceeds train.epochs = {}: no decision would ever be taken",
+                        f.every, config.train.epochs
+                    ),
+                ));
+            }
+            if f.num_archs > config.eval.num_archs {
+                return Err(self.fail(
+                    "tricks.focus_branch.num_archs",
+                    format!(
+                        "tricks.focus_branch.num_archs = {} exceeds eval.num_archs = {}: decisions score the first architectures of the validation subset",
+                        f.num_archs, config.eval.num_archs
+                    ),
+                ));
+            }
+            if f.metric != FocusMetric::Accuracy && no_truth {
+                return Err(self.fail(
+                    "tricks.focus_branch.metric",
+                    "tricks.focus_branch.metric = \"nondominated\" / \"lstsq\" needs the ground truth's parameter counts, but eval.ground_truth = \"none\"".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -477,5 +710,159 @@ mod tests {
         })
         .is_ok());
         assert!(check(|c| c.experiment.name = "nb201-lr.05_x".into()).is_ok());
+    }
+
+    fn load(extra: &str) -> Result<crate::config::Resolved, String> {
+        let text = format!("[space]\nkind = \"nb201\"\n{extra}");
+        crate::config::load_str(&text, std::path::Path::new("x.toml"), &[])
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tricks_default_off_and_absent_from_the_resolved_config() {
+        let r = load("").unwrap();
+        assert!(r.config.tricks.is_empty());
+        assert!(!r.toml.contains("[tricks"), "{}", r.toml);
+        // An empty table turns a trick on with the study's defaults, recorded in full.
+        let r = load(
+            "[train]\nepochs = 1000\n[eval]\nnum_archs = 150\n\
+             [tricks.multipath]\n[tricks.focus_branch]\nmetric = \"lstsq\"\n",
+        )
+        .unwrap();
+        assert_eq!(r.config.tricks.active(), ["multipath", "focus_branch"]);
+        assert_eq!(
+            r.config
+                .tricks
+                .multipath
+                .as_ref()
+                .map(|m| (m.paths, m.fairnas)),
+            Some((5, false))
+        );
+        let f = r.config.tricks.focus_branch.as_ref().unwrap();
+        assert_eq!(
+            (f.every, f.min_archs, f.num_archs, f.metric),
+            (500, 10, 150, FocusMetric::Lstsq)
+        );
+        assert!(
+            r.toml
+                .contains("[tricks.multipath]\npaths = 5\nfairnas = false"),
+            "{}",
+            r.toml
+        );
+        let again =
+            crate::config::load_str(&r.toml, std::path::Path::new("/r/config.toml"), &[]).unwrap();
+        assert_eq!(again.config.tricks, r.config.tricks);
+        assert_ne!(r.hash, load("").unwrap().hash);
+    }
+
+    #[test]
+    fn pruned_list_form_is_rewritten_as_the_table_form() {
+        let table = load("[tricks.pruned]\n0_1 = [1, 3]\n2_3 = [2]\n").unwrap();
+        let list = load(
+            "[[tricks.pruned]]\nkey = \"2_3\"\nvalues = [2]\n[[tricks.pruned]]\nkey = \"0_1\"\nvalues = [1, 3]\n",
+        )
+        .unwrap();
+        assert_eq!(table.config.tricks, list.config.tricks);
+        assert_eq!(table.hash, list.hash);
+        assert!(matches!(list.config.tricks.pruned, Some(Pruned::Map(_))));
+        let e = load("[tricks.pruned]\n0_1 = 3\n").unwrap_err();
+        assert!(e.contains("tricks.pruned"), "{e}");
+    }
+
+    #[test]
+    fn trick_errors_name_the_key_and_the_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("[tricks.multipth]\n", "did you mean"),
+            (
+                "[tricks.multipath]\npaths = 0\n",
+                "tricks.multipath.paths must be >= 1 (got 0)",
+            ),
+            (
+                "[tricks.multipath]\nfairnas = true\npaths = 4\n",
+                "tricks.multipath.paths must be 5 (got 4)",
+            ),
+            (
+                "[tricks.multipath]\nfairnas = true\n[tricks.pruned]\n0_1 = [1]\n",
+                "tricks.multipath and tricks.pruned cannot be combined: FairNAS",
+            ),
+            (
+                "[tricks.omniscience]\nratio = 0\n",
+                "tricks.omniscience.ratio must be in (0, 1] (got 0)",
+            ),
+            (
+                "[eval]\nground_truth = \"none\"\n[tricks.omniscience]\n",
+                "ranks the archset by ground truth, but eval.ground_truth = \"none\"",
+            ),
+            (
+                "[tricks.omniscience]\n[tricks.train_split]\n",
+                "tricks.omniscience and tricks.train_split cannot be combined",
+            ),
+            (
+                "[tricks.train_split]\nindex = 5\n",
+                "tricks.train_split.index must be < tricks.train_split.folds = 5 (got 5)",
+            ),
+            (
+                "[tricks.train_split]\nfolds = 1\nindex = 0\n",
+                "tricks.train_split.folds must be >= 2 (got 1)",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"structured\"\nkey = \"0_4\"\n",
+                "\"0_4\" is not an NB201 key",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"structured\"\nfolds = 6\n",
+                "must be <= 5 (got 6)",
+            ),
+            (
+                "[tricks.train_split]\nkind = \"by_acc\"\n",
+                "unknown value 'by_acc'",
+            ),
+            (
+                "[tricks.augmented]\nsetup = \"44444\"\n",
+                "tricks.augmented.setup must be 6 NB201 op indices",
+            ),
+            (
+                "[tricks.augmented]\nsetup = \"444445\"\n",
+                "tricks.augmented.setup must be 6 NB201 op indices",
+            ),
+            (
+                "[tricks.augmented]\n[tricks.focus_branch]\n[train]\nepochs = 500\n",
+                "tricks.augmented and tricks.focus_branch cannot be combined",
+            ),
+            (
+                "[tricks.cosine_restarts]\nevery = 30\n",
+                "train.epochs = 200 must be a multiple of tricks.cosine_restarts.every = 30",
+            ),
+            (
+                "[tricks.focus_branch]\n",
+                "tricks.focus_branch.every = 500 exceeds train.epochs = 200",
+            ),
+            (
+                "[tricks.focus_branch]\nevery = 100\nnum_archs = 150\n",
+                "tricks.focus_branch.num_archs = 150 exceeds eval.num_archs = 100",
+            ),
+            (
+                "[tricks.pruned]\n0_7 = [1]\n",
+                "\"0_7\" is not an NB201 key",
+            ),
+            ("[tricks.pruned]\n0_1 = [5]\n", "5 is not an NB201 op index"),
+            ("[tricks.pruned]\n0_1 = []\n", "allows no value"),
+        ];
+        for (text, want) in cases {
+            let e = load(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {text}"));
+            assert!(e.contains(want), "{text}\n -> {e}");
+            assert!(e.starts_with("x.toml"), "{e}");
+        }
+        // Compatible combinations pass.
+        for ok in [
+            "[tricks.pruned]\n0_1 = [1, 2]\n[tricks.omniscience]\n[tricks.multipath]\npaths = 3\n",
+            "[tricks.train_split]\nkind = \"val_acc\"\n[tricks.cosine_restarts]\n[tricks.focus_branch]\nevery = 100\nnum_archs = 100\n",
+            "[tricks.augmented]\nreplicate = true\n[tricks.multipath]\n",
+            "[tricks.multipath]\nfairnas = true\n[tricks.cosine_restarts]\nevery = 100\n",
+        ] {
+            assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
+        }
     }
 }

@@ -9,6 +9,8 @@ use crate::rng;
 use crate::space::{nb201, GroundTruth, Space};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use crate::tricks::{self, TrickSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Picks the device named by `[device]`.
@@ -52,12 +54,8 @@ pub fn ground_truth_dir(resolved: &Resolved, kind: &str) -> Result<Option<PathBu
     }
 }
 
-fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::Arch>>> {
-    let cfg = &resolved.config;
-    let Some(dir) = ground_truth_dir(resolved, "nb201")? else {
-        tracing::warn!("no ground truth: correlations are unavailable for this run");
-        return Ok(None);
-    };
+/// The NB201 benchmark table a run scores against.
+fn nb201_dataset(cfg: &config::Config) -> Result<&str> {
     let dataset = match cfg.eval.ground_truth_dataset.as_str() {
         "auto" => cfg.data.split.as_str(),
         d => d,
@@ -65,6 +63,29 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
     if dataset == "custom" {
         bail!("eval.ground_truth_dataset must name the NB201 table to score against when data.split = \"custom\" (cifar10-valid, cifar10, cifar100 or imagenet-16-120)");
     }
+    Ok(dataset)
+}
+
+/// NB201 parameter counts, read only when a trick needs them (focus-branch's nondominated and
+/// lstsq metrics).
+fn nb201_params(resolved: &Resolved) -> Result<Option<HashMap<nb201::Arch, f64>>> {
+    let cfg = &resolved.config;
+    let needed = cfg.tricks.focus_branch.as_ref().is_some_and(|f| f.metric != config::FocusMetric::Accuracy);
+    if !needed {
+        return Ok(None);
+    }
+    let dir = ground_truth_dir(resolved, "nb201")?.context("tricks.focus_branch needs the NB201 benchmark tables for parameter counts, and none were found (set eval.ground_truth)")?;
+    let p = nb201::params(&dir, nb201_dataset(cfg)?).with_context(|| format!("parameter counts in {}", dir.display()))?;
+    Ok(Some(p))
+}
+
+fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::Arch>>> {
+    let cfg = &resolved.config;
+    let Some(dir) = ground_truth_dir(resolved, "nb201")? else {
+        tracing::warn!("no ground truth: correlations are unavailable for this run");
+        return Ok(None);
+    };
+    let dataset = nb201_dataset(cfg)?;
     let gt = nb201::ground_truth(&dir, dataset).with_context(|| format!("ground truth in {}", dir.display()))?;
     tracing::info!("ground truth: {} ({} archs)", gt.source, gt.scores.len());
     Ok(Some(gt))
@@ -84,9 +105,16 @@ pub fn check(resolved: &Resolved) -> Result<String> {
         config::Space::Nb201(_) => {
             let space = nb201::Nb201::new();
             report.push_str(&format!("space: nb201, archset of {} cells\n", space.archset().map_or(0, |a| a.len())));
-            match nb201_ground_truth(resolved)? {
+            let gt = nb201_ground_truth(resolved)?;
+            match &gt {
                 Some(gt) => report.push_str(&format!("ground truth: {} ({} archs)\n", gt.source, gt.scores.len())),
                 None => report.push_str("ground truth: none (correlations unavailable)\n"),
+            }
+            if !cfg.tricks.is_empty() {
+                let ts = TrickSet::new(&space, cfg, gt.as_ref(), nb201_params(resolved)?).context("tricks")?;
+                for line in ts.report() {
+                    report.push_str(&format!("tricks: {line}\n"));
+                }
             }
         }
     }
@@ -104,8 +132,10 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
             let ground_truth = nb201_ground_truth(resolved)?;
             let store = Store::new(&device);
             let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
-            let net = nb201::Nb201Net::new(&store.root(), sc, data.num_classes, &mut init_rng)?;
-            let parts = Parts { space: nb201::Nb201::new(), net, store, ground_truth, data };
+            let copies = tricks::replicate_copies(&cfg.tricks);
+            let net = nb201::Nb201Net::with_copies(&store.root(), sc, data.num_classes, copies, &mut init_rng)?;
+            let params = nb201_params(resolved)?;
+            let parts = Parts { space: nb201::Nb201::new(), net, store, ground_truth, params, data };
             pipeline::run(resolved, parts, dir, &device)
         }
     }

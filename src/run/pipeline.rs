@@ -7,14 +7,16 @@ use super::records::{finite, EvalRecord, Progress, Summary};
 use super::tensorboard::TbLog;
 use crate::config::{Config, Resolved};
 use crate::data::{self, Split};
-use crate::nn::{self, Mode, Store};
+use crate::nn::Store;
 use crate::rng;
-use crate::space::{Ctx, GroundTruth, Space, Supernet};
+use crate::space::{GroundTruth, Space, Supernet};
 use crate::train::evaluate::{self, RecalStream, ValidSet};
-use crate::train::{clip, metrics, schedule, sgd};
+use crate::train::{clip, metrics, sgd};
+use crate::tricks::{focus_branch, multipath, TrickSet};
 use anyhow::{Context, Result};
 use candle_core::{Device, Var};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
 use std::io::Write;
 
 /// What a finished call of [`run`] reports.
@@ -30,6 +32,9 @@ pub struct Parts<S: Space> {
     pub net: S::Net,
     pub store: Store,
     pub ground_truth: Option<GroundTruth<S::Arch>>,
+    /// Ground-truth parameter counts, when a trick needs them (focus-branch's nondominated and
+    /// lstsq metrics).
+    pub params: Option<HashMap<S::Arch, f64>>,
     pub data: Split,
 }
 
@@ -72,26 +77,6 @@ fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     super::dir::write_atomic(&path, kept.as_bytes())
 }
 
-/// The architectures evaluated: a seeded subset of the archset in archset order (the
-/// reference's `sorted(permutation(n)[:k])`), or draws from the sampler where there is none.
-fn eval_archs<S: Space>(space: &S, cfg: &Config) -> Vec<S::Arch> {
-    let k = cfg.eval.num_archs;
-    match space.archset() {
-        Some(set) => {
-            let mut pick: Vec<usize> = data::shuffled(set.len(), cfg.experiment.seed, "eval-archs", &[])
-                .into_iter()
-                .take(k)
-                .collect();
-            pick.sort_unstable();
-            pick.into_iter().map(|i| set[i].clone()).collect()
-        }
-        None => {
-            let mut r = rng::stream(cfg.experiment.seed, "eval-archs", &[]);
-            (0..k).map(|_| space.sample(&mut r)).collect()
-        }
-    }
-}
-
 fn correlate<A: std::hash::Hash + Eq>(archs: &[A], scores: &[f64], gt: Option<&GroundTruth<A>>, frac: f64) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
     let Some(gt) = gt else { return (0, [None; 4], 0, None) };
     let mut x = vec![];
@@ -122,7 +107,8 @@ fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Scores `archs[..k]` at `epoch`, writes `eval/epoch_NNNN.csv`, returns the record.
+/// Scores `archs` at `epoch`, writes `eval/epoch_NNNN.csv`, returns the record and the
+/// accuracy of each architecture.
 #[allow(clippy::too_many_arguments)]
 fn evaluate_epoch<S: Space>(
     parts: &Parts<S>,
@@ -133,7 +119,7 @@ fn evaluate_epoch<S: Space>(
     valid: &ValidSet,
     epoch: usize,
     device: &Device,
-) -> Result<EvalRecord> {
+) -> Result<(EvalRecord, Vec<f64>)> {
     let pb = bar(archs.len() as u64, "evaluate");
     let mut accs = vec![];
     let mut losses = vec![];
@@ -180,7 +166,18 @@ fn evaluate_epoch<S: Space>(
         "eval epoch {epoch}: {} archs, mean acc {:.4} (min {:.4}, max {:.4}), kendall {} spearman {} pearson {} top-{k} {}",
         rec.num_archs, rec.mean_accuracy, rec.min_accuracy, rec.max_accuracy, fmt(tau), fmt(rho), fmt(r), fmt(topk)
     );
-    Ok(rec)
+    Ok((rec, accs))
+}
+
+/// Rewrites `focus_branch.jsonl` from `decisions` (the checkpoint's, on resume: lines written
+/// after it by a killed run are dropped and written again when their epoch comes).
+fn write_decisions(dir: &RunDir, decisions: &[focus_branch::Decision]) -> Result<()> {
+    let mut text = String::new();
+    for d in decisions {
+        text.push_str(&serde_json::to_string(d)?);
+        text.push('\n');
+    }
+    dir.write("focus_branch.jsonl", text.as_bytes())
 }
 
 fn param_vars(store: &Store) -> Vec<Var> {
@@ -188,7 +185,7 @@ fn param_vars(store: &Store) -> Vec<Var> {
 }
 
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
-pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device: &Device) -> Result<Outcome> {
+pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, device: &Device) -> Result<Outcome> {
     let cfg = &resolved.config;
     let seed = cfg.experiment.seed;
     let latest = dir.file("checkpoints/latest.safetensors");
@@ -213,6 +210,10 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         },
     );
     let vars = param_vars(&parts.store);
+    let mut tricks = TrickSet::new(&parts.space, cfg, parts.ground_truth.as_ref(), parts.params.take())?;
+    for line in tricks.report() {
+        tracing::info!("tricks: {line}");
+    }
 
     let mut progress = Progress {
         epoch: 0,
@@ -222,12 +223,14 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         history: vec![],
         last_train_loss: None,
         last_train_accuracy: None,
+        tricks: tricks.progress(),
     };
     if latest.exists() {
         let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)?;
         parts.store.load(&ck.model).with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
         opt.load_state(&ck.optim).with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
         progress = ck.progress;
+        tricks.restore(&parts.space, &progress.tricks).with_context(|| format!("checkpoint {}", latest.display()))?;
         truncate_metrics(dir, progress.epoch)?;
         tracing::info!("resuming from {} at epoch {} (step {})", latest.display(), progress.epoch, progress.step);
     } else if dir.file("metrics.jsonl").exists() {
@@ -235,6 +238,9 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         std::fs::remove_file(dir.file("metrics.jsonl")).with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
     }
     let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
+    if cfg.tricks.focus_branch.is_some() {
+        write_decisions(dir, tricks.decisions())?;
+    }
 
     let d = &parts.data;
     let mut recal = RecalStream {
@@ -262,7 +268,7 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         seed,
         prefetch: cfg.data.prefetch,
     };
-    let archs = eval_archs(&parts.space, cfg);
+    let mut archs = tricks.eval_archs(&parts.space, cfg.eval.num_archs);
     let n_train = d.train_indices.len();
     let bs = cfg.data.batch_size;
     let mut steps_per_epoch = n_train / bs;
@@ -290,7 +296,7 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
     let mut tb = TbLog::open(&dir.path);
     if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
         let k = cfg.eval.num_archs_intermediate.min(archs.len());
-        let rec = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
+        let (rec, _) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
         tb.eval(&rec);
         progress.history.push(rec);
         progress.recal_consumed = recal.consumed;
@@ -304,45 +310,45 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
             .collect();
         let batches = data::batches(d.train.clone(), order, bs, true, d.train_augment, seed, "train-augment", &[epoch as u64], device, cfg.data.prefetch);
         let pb = bar(steps_per_epoch as u64, &format!("epoch {epoch}/{epochs}"));
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
         for batch in batches {
             let batch = batch?;
-            let arch = parts.space.sample(&mut sample_rng);
-            let lr = schedule::cosine(train_cfg.learning_rate, train_cfg.ending_lr, progress.step as usize, total_steps);
-            let mut step_rng = rng::stream(seed, "train-dropout", &[progress.step]);
-            let mut ctx = Ctx { mode: Mode::Train, drop_path: parts.net.drop_path(epoch, epochs), rng: &mut step_rng };
-            let out = parts.net.forward(&batch.images, &arch, &mut ctx)?;
-            let logits = out.logits;
-            let mut loss = nn::loss::cross_entropy(&logits, &batch.labels, 0.0)?;
-            if let Some(aux) = &out.aux_logits {
-                let w = parts.net.aux_weight();
-                loss = (loss + (nn::loss::cross_entropy(aux, &batch.labels, 0.0)? * w)?)?;
-            }
+            let paths = tricks.paths(&parts.space, &mut sample_rng)?;
+            let lr = tricks.lr(progress.step as usize, steps_per_epoch, total_steps);
+            let step = progress.step;
+            // Path 0 keeps the single-path stream, so runs without multipath are unchanged.
+            let rng_for = |p: usize| if p == 0 { rng::stream(seed, "train-dropout", &[step]) } else { rng::stream(seed, "train-dropout", &[step, p as u64]) };
+            let (loss, outcomes) = multipath::summed_loss(&parts.net, &batch.images, &batch.labels, &paths, parts.net.drop_path(epoch, epochs), rng_for)?;
             let mut grads = loss.backward()?;
             let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
             opt.set_lr(lr);
             opt.step(&grads)?;
-            let loss_v = loss.to_scalar::<f32>()? as f64;
+            let k = outcomes.len() as f64;
+            // With several paths: the mean per-path loss and accuracy (their sum was trained).
+            let loss_v = outcomes.iter().map(|o| o.loss).sum::<f64>() / k;
             if !loss_v.is_finite() {
                 anyhow::bail!("training loss became {loss_v} at epoch {epoch}, step {}; the last checkpoint is kept", progress.step);
             }
             let n = batch.labels.dims1()?;
-            let (c, _) = nn::loss::correct_topk(&logits.detach(), &batch.labels, 1)?;
+            let c = outcomes.iter().map(|o| o.correct as f64).sum::<f64>() / k;
             loss_sum += loss_v * n as f64;
             correct += c;
             seen += n;
             progress.step += 1;
-            let mut line = serde_json::json!({"kind": "train_step", "epoch": epoch, "step": progress.step, "loss": loss_v, "accuracy": c as f64 / n as f64, "lr": lr});
+            let mut line = serde_json::json!({"kind": "train_step", "epoch": epoch, "step": progress.step, "loss": loss_v, "accuracy": c / n as f64, "lr": lr});
             if let (Some(g), Some(o)) = (grad_norm, line.as_object_mut()) {
                 o.insert("grad_norm".into(), g.into());
             }
+            if let (true, Some(o)) = (outcomes.len() > 1, line.as_object_mut()) {
+                o.insert("paths".into(), outcomes.len().into());
+            }
             append_metrics(dir, &line)?;
-            tb.train_step(progress.step, loss_v, c as f64 / n as f64, lr);
+            tb.train_step(progress.step, loss_v, c / n as f64, lr);
             pb.inc(1);
-            pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct / seen as f64));
         }
         pb.finish_and_clear();
-        let (tl, ta) = (loss_sum / seen.max(1) as f64, correct as f64 / seen.max(1) as f64);
+        let (tl, ta) = (loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64);
         progress.last_train_loss = Some(tl);
         progress.last_train_accuracy = Some(ta);
         append_metrics(dir, &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}))?;
@@ -351,13 +357,38 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         progress.sample_rng = rng::save_state(&sample_rng);
 
         let last = epoch == epochs;
-        if epoch % cfg.eval.every == 0 || last {
-            let k = if last { archs.len() } else { cfg.eval.num_archs_intermediate.min(archs.len()) };
-            let rec = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
+        let focus = tricks.focus_due(epoch);
+        let regular = epoch % cfg.eval.every == 0;
+        if regular || last || focus.is_some() {
+            let mut k = if last { archs.len() } else if regular { cfg.eval.num_archs_intermediate } else { 0 };
+            if let Some(f) = focus {
+                k = k.max(f);
+            }
+            let k = k.min(archs.len());
+            let (rec, accs) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
             tb.eval(&rec);
             progress.history.push(rec);
             progress.recal_consumed = recal.consumed;
+            if focus.is_some() {
+                let d = tricks.focus_decide(&parts.space, epoch, &archs[..k], &accs)?;
+                match &d.chosen {
+                    Some(c) => {
+                        tracing::info!(
+                            "focus_branch epoch {epoch}: fix {} = {} ({:?} score {:.6}); archset {} -> {}",
+                            c.key, c.choice, d.metric, c.score, d.archs_before, d.archs_after
+                        );
+                        // The reference rebuilds its mutator with the same seed: a fresh
+                        // sampling stream and a new validation subset of the smaller archset.
+                        sample_rng = rng::stream(seed, "sample", &[]);
+                        progress.sample_rng = rng::save_state(&sample_rng);
+                        archs = tricks.eval_archs(&parts.space, cfg.eval.num_archs);
+                    }
+                    None => tracing::warn!("focus_branch epoch {epoch}: no choice qualified among {} evaluated architectures, nothing fixed", d.num_evaluated),
+                }
+                write_decisions(dir, tricks.decisions())?;
+            }
         }
+        progress.tricks = tricks.progress();
         tb.flush();
         if epoch % cfg.experiment.checkpoint_every == 0 || last {
             save(&progress, &opt, &latest)?;
@@ -382,6 +413,8 @@ pub fn run<S: Space>(resolved: &Resolved, parts: Parts<S>, dir: &RunDir, device:
         final_eval,
         history: progress.history.clone(),
         tau_fraction_of_noise_ceiling: tau_fraction,
+        tricks: tricks.describe(),
+        train_archset_size: tricks.train_archset_size(),
     };
     let final_ck = Checkpoint { model: parts.store.tensors(), optim: Default::default(), progress: progress.clone() };
     checkpoint::save(&dir.file("checkpoints/final.safetensors"), &resolved.hash, &final_ck)?;

@@ -1,6 +1,7 @@
 //! What a run records: per-evaluation results, the resumable progress, and the summary.
 
 use crate::rng::RngState;
+use crate::tricks::TrickProgress;
 use serde::{Deserialize, Serialize};
 
 /// Correlations between supernet scores and ground truth at one evaluation. Non-finite values
@@ -41,6 +42,9 @@ pub struct Progress {
     /// Mean training loss and accuracy of the last completed epoch.
     pub last_train_loss: Option<f64>,
     pub last_train_accuracy: Option<f64>,
+    /// State of the active tricks (focus-branch decisions, training archset size).
+    #[serde(default)]
+    pub tricks: TrickProgress,
 }
 
 /// `summary.json`.
@@ -61,6 +65,17 @@ pub struct Summary {
     pub history: Vec<EvalRecord>,
     /// Tau of the final evaluation as a fraction of the ground truth's own seed-to-seed tau.
     pub tau_fraction_of_noise_ceiling: Option<f64>,
+    /// The active tricks with their settings (`{}` when none), as in `[tricks]`.
+    #[serde(default = "empty_object")]
+    pub tricks: serde_json::Value,
+    /// Architectures training sampled from at the end (after the tricks' filters and
+    /// focus-branch decisions), when the space has an archset.
+    #[serde(default)]
+    pub train_archset_size: Option<usize>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
 }
 
 pub fn finite(x: f64) -> Option<f64> {

@@ -202,31 +202,37 @@ impl ReluConvBn {
     }
 }
 
-/// One edge's candidate ops that hold weights.
+/// One edge's candidate ops that hold weights: one instance each, or `copies` independently
+/// initialised copies (the augmented-space `replicate` trick).
 struct Edge {
-    conv1x1: ReluConvBn,
-    conv3x3: ReluConvBn,
+    conv1x1: Vec<ReluConvBn>,
+    conv3x3: Vec<ReluConvBn>,
 }
 
 struct Cell {
     edges: Vec<Edge>,
+    copies: usize,
 }
 
 impl Cell {
-    fn forward(&self, x: &Tensor, arch: &Arch, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, arch: &Arch, ctx: &mut Ctx) -> Result<Tensor> {
+        let mode = ctx.mode;
         let mut nodes: Vec<Tensor> = vec![x.clone()];
         for to in 1..4 {
             let mut sum: Option<Tensor> = None;
             for (from, node) in nodes.iter().enumerate() {
                 let e = EDGES.iter().position(|&x| x == (from, to)).unwrap_or(0);
+                // With copies, every edge draws its copy in forward order whatever its op, as
+                // the reference's replicate mutator draws one per layer choice and call.
+                let c = if self.copies > 1 { copy_draw(ctx.rng, self.copies) } else { 0 };
                 let y = match arch.ops[e] {
                     // The reference's Zero op is `x.mul(0.)`: it stays in the graph, so the ops
                     // feeding it receive (zero) gradients, which matters for the PyTorch 1.x
                     // treatment of unsampled parameters.
                     0 => node.affine(0.0, 0.0)?,
                     1 => node.clone(),
-                    2 => self.edges[e].conv1x1.forward(node, mode)?,
-                    3 => self.edges[e].conv3x3.forward(node, mode)?,
+                    2 => self.edges[e].conv1x1[c].forward(node, mode)?,
+                    3 => self.edges[e].conv3x3[c].forward(node, mode)?,
                     _ => nn::pool::avg_pool2d(node, 3, 1, 1, false)?,
                 };
                 sum = Some(match sum {
@@ -271,9 +277,26 @@ pub struct Nb201Net {
     classifier: Linear,
 }
 
+/// The copy an edge uses in one forward call (u64 draw: the same on 32- and 64-bit hosts).
+pub fn copy_draw(rng: &mut Rng, copies: usize) -> usize {
+    rng.random_range(0..copies as u64) as usize
+}
+
 impl Nb201Net {
     /// Builds the supernet, drawing every initial weight from `rng` (PyTorch default init).
     pub fn new(root: &Path, cfg: &Nb201Space, num_classes: usize, rng: &mut Rng) -> Result<Self> {
+        Self::with_copies(root, cfg, num_classes, 1, rng)
+    }
+
+    /// Like [`Nb201Net::new`] with `copies` independently initialised copies of every op that
+    /// holds weights (`copies` = 1 is exactly `new`: same names, same draws). Every forward call
+    /// then picks, per cell and edge, one copy uniformly with the context's RNG
+    /// ([`copy_draw`]), in training, recalibration and evaluation alike. Copy 0 keeps the
+    /// op's name; copy c > 0 is `<op>_copy<c>`.
+    pub fn with_copies(root: &Path, cfg: &Nb201Space, num_classes: usize, copies: usize, rng: &mut Rng) -> Result<Self> {
+        if copies == 0 {
+            candle_core::bail!("Nb201Net: copies must be at least 1");
+        }
         let c = cfg.channels;
         let m = cfg.bn_momentum;
         let dev = root.device().clone();
@@ -297,12 +320,19 @@ impl Nb201Net {
                 let mut edges = vec![];
                 for (from, to) in EDGES {
                     let e = p.pp(format!("edge_{from}_{to}"));
-                    edges.push(Edge {
-                        conv1x1: ReluConvBn::new(&e.pp("nor_conv_1x1"), rng, c_s, c_s, 1, 1, 0, m)?,
-                        conv3x3: ReluConvBn::new(&e.pp("nor_conv_3x3"), rng, c_s, c_s, 3, 1, 1, m)?,
-                    });
+                    let name = |op: &str, c: usize| if c == 0 { op.to_string() } else { format!("{op}_copy{c}") };
+                    // Copy 0 of both ops first, so that one copy draws exactly as `new` did.
+                    let mut conv1x1 = vec![ReluConvBn::new(&e.pp("nor_conv_1x1"), rng, c_s, c_s, 1, 1, 0, m)?];
+                    let mut conv3x3 = vec![ReluConvBn::new(&e.pp("nor_conv_3x3"), rng, c_s, c_s, 3, 1, 1, m)?];
+                    for c in 1..copies {
+                        conv1x1.push(ReluConvBn::new(&e.pp(name("nor_conv_1x1", c)), rng, c_s, c_s, 1, 1, 0, m)?);
+                    }
+                    for c in 1..copies {
+                        conv3x3.push(ReluConvBn::new(&e.pp(name("nor_conv_3x3", c)), rng, c_s, c_s, 3, 1, 1, m)?);
+                    }
+                    edges.push(Edge { conv1x1, conv3x3 });
                 }
-                blocks.push(Block::Cell(Cell { edges }));
+                blocks.push(Block::Cell(Cell { edges, copies }));
             }
             c_prev = c_s;
         }
@@ -322,7 +352,7 @@ impl Supernet for Nb201Net {
         let mut h = self.stem_bn.forward(&self.stem.forward(x)?, mode)?;
         for b in &self.blocks {
             h = match b {
-                Block::Cell(c) => c.forward(&h, arch, mode)?,
+                Block::Cell(c) => c.forward(&h, arch, ctx)?,
                 Block::Reduction(r) => r.forward(&h, mode)?,
             };
         }
@@ -439,6 +469,21 @@ pub fn ground_truth(dir: &std::path::Path, dataset: &str) -> anyhow::Result<Grou
     Ok(GroundTruth { scores: by_arch(&scores), source, second_seed })
 }
 
+/// Parameter counts in millions (`params_mb`) by architecture, from the 200-epoch table of
+/// `dataset` (`cifar10` reads the `cifar10-valid` table: the same ten-class networks). The
+/// focus-branch trick's `nondominated` and `lstsq` metrics use them.
+pub fn params(dir: &std::path::Path, dataset: &str) -> anyhow::Result<HashMap<Arch, f64>> {
+    let file = match dataset {
+        "cifar10-valid" | "cifar10" => "acc200_cifar10-valid.csv",
+        "cifar100" => "acc200_cifar100.csv",
+        "imagenet-16-120" => "acc200_ImageNet16-120.csv",
+        other => bail!("no NAS-Bench-201 parameter counts for dataset {other:?} (one of cifar10-valid, cifar10, cifar100, imagenet-16-120)"),
+    };
+    let archs = read_archs(dir)?;
+    let t = read_columns(dir, file, &["params_mb"])?;
+    Ok(t.iter().filter_map(|(i, v)| archs.get(i).map(|a| (*a, v[0]))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +534,13 @@ mod tests {
         assert!((gt.scores[&archs[&6111]] - best).abs() < 1e-9);
         let gt = ground_truth(dir, "cifar100").unwrap();
         assert!(gt.scores.len() > 15_000);
+        // params_mb of arch 0 in the shipped tables.
+        let p = params(dir, "cifar10-valid").unwrap();
+        assert_eq!(p.len(), 15_625);
+        assert_eq!(p[&archs[&0]], 0.129306);
+        assert_eq!(params(dir, "cifar10").unwrap()[&archs[&0]], 0.129306);
+        assert_eq!(params(dir, "cifar100").unwrap()[&archs[&0]], 0.135156);
+        assert!(params(dir, "svhn").is_err());
         assert!(ground_truth(dir, "svhn").is_err());
     }
 }

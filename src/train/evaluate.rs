@@ -132,9 +132,11 @@ pub fn score<N: Supernet>(
             device,
             valid.prefetch,
         );
+        // One stream per architecture, advancing over its batches, so that per-call draws (the
+        // replicate trick's copy choice) differ from batch to batch as in the reference.
+        let mut r = rng::stream(valid.seed, "eval-dropout", key);
         for b in it {
             let b = b?;
-            let mut r = rng::stream(valid.seed, "eval-dropout", key);
             let mut ctx = Ctx::new(Mode::Eval, &mut r);
             let logits = net.forward(&b.images.detach(), arch, &mut ctx)?.logits.detach();
             let n = b.labels.dims1()?;

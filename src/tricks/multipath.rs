@@ -1,0 +1,242 @@
+//! `multipath`: k paths per step on the same batch, their losses summed (not averaged) so that
+//! one backward yields the accumulated gradients, then one clip and one optimizer step.
+//! FairNAS builds the k paths from one random permutation of the choices per key, so each
+//! choice of each key is trained exactly once per step (the paths may fall outside the
+//! archset, as in the reference).
+
+use crate::nn::{self, Mode};
+use crate::rng::Rng;
+use crate::space::{Ctx, Space, Supernet};
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use serde_json::{Map, Value};
+
+/// FairNAS paths: per key (in `choices` order) a permutation of its choices; path p takes the
+/// p-th element of every permutation. Every key must have exactly `k` choices.
+pub fn fair_paths<S: Space>(
+    choices: &[(String, Vec<Value>)],
+    k: usize,
+    rng: &mut Rng,
+) -> Result<Vec<S::Arch>> {
+    let perms: Vec<Vec<Value>> = choices
+        .iter()
+        .map(|(_, v)| {
+            let mut p = v.clone();
+            super::shuffle(&mut p, rng);
+            p
+        })
+        .collect();
+    (0..k)
+        .map(|p| {
+            let mut obj = Map::new();
+            for ((key, _), perm) in choices.iter().zip(&perms) {
+                let v = perm.get(p).with_context(|| {
+                    format!(
+                        "FairNAS: key {key:?} has {} choices, fewer than the {k} paths",
+                        perm.len()
+                    )
+                })?;
+                obj.insert(key.clone(), v.clone());
+            }
+            S::decode(&Value::Object(obj)).with_context(|| format!("FairNAS path {p}"))
+        })
+        .collect()
+}
+
+/// Loss and top-1 hits of one path of a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PathOutcome {
+    pub loss: f64,
+    pub correct: usize,
+}
+
+/// Runs every path on `images` in training mode and returns the sum of their losses (each the
+/// cross-entropy plus the weighted auxiliary loss) for one backward, with each path's loss and
+/// hits. `rng_for(p)` gives path p's forward RNG (dropout, drop-path, replicate copies).
+pub fn summed_loss<N: Supernet>(
+    net: &N,
+    images: &Tensor,
+    labels: &Tensor,
+    paths: &[N::Arch],
+    drop_path: f64,
+    mut rng_for: impl FnMut(usize) -> Rng,
+) -> Result<(Tensor, Vec<PathOutcome>)> {
+    let mut total: Option<Tensor> = None;
+    let mut outcomes = Vec::with_capacity(paths.len());
+    for (p, arch) in paths.iter().enumerate() {
+        let mut r = rng_for(p);
+        let mut ctx = Ctx {
+            mode: Mode::Train,
+            drop_path,
+            rng: &mut r,
+        };
+        let out = net.forward(images, arch, &mut ctx)?;
+        let mut loss = nn::loss::cross_entropy(&out.logits, labels, 0.0)?;
+        if let Some(aux) = &out.aux_logits {
+            loss = (loss + (nn::loss::cross_entropy(aux, labels, 0.0)? * net.aux_weight())?)?;
+        }
+        let (correct, _) = nn::loss::correct_topk(&out.logits.detach(), labels, 1)?;
+        outcomes.push(PathOutcome {
+            loss: loss.to_scalar::<f32>()? as f64,
+            correct,
+        });
+        total = Some(match total {
+            None => loss,
+            Some(t) => (t + loss)?,
+        });
+    }
+    Ok((
+        total.context("a training step needs at least one path")?,
+        outcomes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{defaults, Multipath, Nb201Space};
+    use crate::nn::Store;
+    use crate::space::nb201::{Nb201, Nb201Net};
+    use crate::tricks::TrickSet;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn fairnas_uses_each_op_exactly_once_per_key_per_step() {
+        let space = Nb201::new();
+        let mut cfg = defaults::nb201();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 5,
+            fairnas: true,
+        });
+        let ts = TrickSet::new(&space, &cfg, None, None).unwrap();
+        let mut r = crate::rng::stream(1, "sample", &[]);
+        let mut outside = 0;
+        let mut first_paths = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let paths = ts.paths(&space, &mut r).unwrap();
+            assert_eq!(paths.len(), 5);
+            for e in 0..6 {
+                let mut ops: Vec<u8> = paths.iter().map(|a| a.ops[e]).collect();
+                ops.sort_unstable();
+                assert_eq!(ops, [0, 1, 2, 3, 4], "edge {e}: {paths:?}");
+            }
+            outside += paths.iter().filter(|a| !a.output_reachable()).count();
+            first_paths.insert(paths[0]);
+        }
+        // The permutations are random (not one fixed pattern), and some paths leave the
+        // archset, as the study notes.
+        assert!(first_paths.len() > 150, "{}", first_paths.len());
+        assert!(outside > 0);
+    }
+
+    #[test]
+    fn fairnas_needs_paths_equal_to_choices() {
+        let space = Nb201::new();
+        let mut cfg = defaults::nb201();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 4,
+            fairnas: true,
+        });
+        let e = TrickSet::new(&space, &cfg, None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has 5 choices, but paths = 4"), "{e}");
+    }
+
+    #[test]
+    fn plain_multipath_draws_k_uniform_paths() {
+        let space = Nb201::new();
+        let mut cfg = defaults::nb201();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 3,
+            fairnas: false,
+        });
+        let ts = TrickSet::new(&space, &cfg, None, None).unwrap();
+        let mut a = crate::rng::stream(2, "sample", &[]);
+        let mut b = crate::rng::stream(2, "sample", &[]);
+        let paths = ts.paths(&space, &mut a).unwrap();
+        // Exactly the next three draws of the single-path sampler.
+        let want: Vec<_> = (0..3).map(|_| space.sample(&mut b)).collect();
+        assert_eq!(paths, want);
+    }
+
+    /// One backward of the summed loss gives the sum of the per-path gradients: the
+    /// accumulation the reference gets from k backward calls before one step.
+    #[test]
+    fn summed_loss_accumulates_per_path_gradients() {
+        let dev = Device::Cpu;
+        let store = Store::new(&dev);
+        let sc = Nb201Space {
+            channels: 4,
+            cells_per_stage: 1,
+            bn_momentum: 0.1,
+        };
+        let mut r = crate::rng::stream(0, "init", &[]);
+        let net = Nb201Net::new(&store.root(), &sc, 10, &mut r).unwrap();
+        let mut dr = crate::rng::stream(0, "data", &[]);
+        let px: Vec<f32> = (0..6 * 3 * 8 * 8)
+            .map(|_| rand::Rng::random::<f32>(&mut dr) - 0.5)
+            .collect();
+        let x = Tensor::from_vec(px, (6, 3, 8, 8), &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1, 2, 3, 4, 5], &dev).unwrap();
+        let space = Nb201::new();
+        let mut sr = crate::rng::stream(3, "sample", &[]);
+        let paths: Vec<_> = (0..3).map(|_| space.sample(&mut sr)).collect();
+        let rng_for = |p: usize| crate::rng::stream(0, "t", &[p as u64]);
+        let (total, outs) = summed_loss(&net, &x, &y, &paths, 0.0, rng_for).unwrap();
+        assert_eq!(outs.len(), 3);
+        let sum_of_losses: f64 = outs.iter().map(|o| o.loss).sum();
+        assert!((total.to_scalar::<f32>().unwrap() as f64 - sum_of_losses).abs() < 1e-5);
+        let g_total = total.backward().unwrap();
+        let mut per_path = vec![];
+        for (p, arch) in paths.iter().enumerate() {
+            let (l, _) = summed_loss(&net, &x, &y, std::slice::from_ref(arch), 0.0, |_| {
+                rng_for(p)
+            })
+            .unwrap();
+            per_path.push(l.backward().unwrap());
+        }
+        let mut checked = 0;
+        for (name, v) in store.params() {
+            let got = g_total.get(v.as_tensor());
+            let parts: Vec<Tensor> = per_path
+                .iter()
+                .filter_map(|g| g.get(v.as_tensor()).cloned())
+                .collect();
+            assert_eq!(
+                got.is_some(),
+                !parts.is_empty(),
+                "{name}: touched by the sum iff by some path"
+            );
+            if let Some(got) = got {
+                let mut want = parts[0].zeros_like().unwrap();
+                for p in &parts {
+                    want = (want + p).unwrap();
+                }
+                let diff = (got - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+                assert!(diff <= 1e-5 * scale.max(1e-3), "{name}: {diff} vs {scale}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 10);
+    }
+}
