@@ -590,8 +590,6 @@ fn the_example_sweep_lists_its_points() {
 /// `runner show` and `runner diff` read the sweep folder this command writes, whose `run`
 /// entries point at run folders next to it (`../tiny-<hash>`).
 #[test]
-#[ignore = "run::folder::read_sweep rejects `run` paths outside the sweep folder (`../tiny-<hash>`); \
-            un-ignore once it accepts them"]
 fn show_and_diff_read_a_real_sweep_folder() {
     let t = tempfile::tempdir().unwrap();
     let seeds = "[sweep]\nseeds = [0, 1]\n";

@@ -17,6 +17,23 @@ pub struct Checkpoint<P> {
     pub progress: P,
 }
 
+/// SHA-256 over every tensor's name, dtype, shape and bytes in name order: the safetensors
+/// header guards only its own structure, so a flipped byte in the data would otherwise load.
+fn checksum<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use safetensors::View;
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, t) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.dtype(), t.dims()).as_bytes());
+        h.update(t.data());
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Serialises a checkpoint and writes it atomically.
 pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result<()> {
     let mut meta = HashMap::new();
@@ -29,6 +46,7 @@ pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result
         .map(|(k, v)| (format!("model.{k}"), v.clone()))
         .chain(ck.optim.iter().map(|(k, v)| (format!("optim.{k}"), v.clone())))
         .collect();
+    meta.insert("checksum".to_string(), checksum(tensors.iter().map(|(k, v)| (k, v)))?);
     let bytes = safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
     super::dir::write_atomic(path, &bytes)
 }
@@ -54,6 +72,10 @@ pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Re
         .with_context(|| format!("checkpoint {}: unreadable progress record", path.display()))?;
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
+    let want = meta.get("checksum").map(String::as_str).unwrap_or("");
+    if checksum(all.iter())? != want {
+        bail!("checkpoint {} is corrupt: tensor data does not match its checksum", path.display());
+    }
     let mut model = BTreeMap::new();
     let mut optim = BTreeMap::new();
     for (k, v) in all {
@@ -93,6 +115,14 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
         assert!(err.contains("corrupt"), "{err}");
+        // A flipped byte inside the tensor data (the header intact) is caught by the checksum.
+        save(&p, "h1", &Checkpoint { model: back.model.clone(), optim: back.optim.clone(), progress: (7usize, "x".to_string()) }).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
+        assert!(err.contains("does not match its checksum"), "{err}");
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<(usize, String)>(&p, "h1", &dev).is_err());
     }

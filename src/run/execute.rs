@@ -94,7 +94,7 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
 /// Everything `runner check` verifies without training: data, ground truth, the model builds.
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
-    let data = crate::data::build(&cfg.data).context("data")?;
+    let data = crate::data::build(&cfg.data)?;
     let mut report = format!(
         "data: {} training images, {} validation images, {} classes\n",
         data.train_indices.len(),
@@ -126,7 +126,7 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
     let cfg = &resolved.config;
     let device = device(&cfg.device)?;
     tracing::info!("device: {:?}", device);
-    let data = crate::data::build(&cfg.data).context("data")?;
+    let data = crate::data::build(&cfg.data)?;
     match &cfg.space {
         config::Space::Nb201(sc) => {
             let ground_truth = nb201_ground_truth(resolved)?;
