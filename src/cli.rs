@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 #[derive(Parser, Debug)]
-#[command(name = "runner", version, about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth")]
+#[command(
+    name = "runner",
+    version,
+    about = "Reproducible weight-sharing NAS: train a supernet, score architectures against ground truth"
+)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -160,9 +164,19 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
-    let file = fmt::layer().with_writer(|| LogWriter).with_ansi(false).with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file).try_init();
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
+    let file = fmt::layer()
+        .with_writer(|| LogWriter)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .try_init();
 }
 
 /// The final table on stdout.
@@ -172,27 +186,57 @@ pub fn summary_table(s: &Summary, folder: &std::path::Path) -> String {
 
 /// `runner sweep`: plan, then list (`--dry-run`) or run the points; fails unless every
 /// selected point is done.
-fn sweep(file: &std::path::Path, sets: &[String], dry_run: bool, jobs: Option<usize>, shard: Option<&str>, devices: Vec<String>) -> Result<()> {
+fn sweep(
+    file: &std::path::Path,
+    sets: &[String],
+    dry_run: bool,
+    jobs: Option<usize>,
+    shard: Option<&str>,
+    devices: Vec<String>,
+) -> Result<()> {
     let shard = shard.map(str::parse::<sweep::Shard>).transpose()?;
     let jobs = jobs.unwrap_or(devices.len().max(1));
     if jobs == 0 {
         anyhow::bail!("--jobs must be at least 1");
     }
-    let plan = sweep::plan(file, sets)?.with_context(|| format!("{}: no [sweep] table (declare sweep.grid, sweep.zip or sweep.seeds)", file.display()))?;
+    let plan = sweep::plan(file, sets)?.with_context(|| {
+        format!(
+            "{}: no [sweep] table (declare sweep.grid, sweep.zip or sweep.seeds)",
+            file.display()
+        )
+    })?;
     if dry_run {
         let entries = sweep::dry_run(&plan, shard)?;
         print!("{}", sweep::table(&plan, &entries, shard, true));
         return Ok(());
     }
-    std::fs::create_dir_all(&plan.folder).with_context(|| format!("cannot create sweep folder {}", plan.folder.display()))?;
+    std::fs::create_dir_all(&plan.folder)
+        .with_context(|| format!("cannot create sweep folder {}", plan.folder.display()))?;
     let log_path = plan.folder.join("sweep.log");
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
     if let Ok(mut g) = LOG_FILE.lock() {
         *g = Some(f);
     }
-    let exe = std::env::current_exe().context("cannot find this program's path to run the sweep's points")?;
-    let report = sweep::run(&plan, &sweep::Options { jobs, shard, devices, exe })?;
-    let shown: Vec<sweep::Entry> = report.selected.iter().filter_map(|&i| report.entries.get(i).cloned()).collect();
+    let exe = std::env::current_exe()
+        .context("cannot find this program's path to run the sweep's points")?;
+    let report = sweep::run(
+        &plan,
+        &sweep::Options {
+            jobs,
+            shard,
+            devices,
+            exe,
+        },
+    )?;
+    let shown: Vec<sweep::Entry> = report
+        .selected
+        .iter()
+        .filter_map(|&i| report.entries.get(i).cloned())
+        .collect();
     print!("{}", sweep::table(&plan, &shown, shard, false));
     let unfinished = report.unfinished();
     if let Some(first) = unfinished.first() {
@@ -213,7 +257,10 @@ fn run(args: RunArgs) -> Result<()> {
     let file = args.file.context("an experiment file is required")?;
     if args.sweep_point.is_none() && config::sweep_source(&file)?.is_some() {
         if args.fresh {
-            anyhow::bail!("--fresh does not apply to a sweep ({} has a [sweep] table)", file.display());
+            anyhow::bail!(
+                "--fresh does not apply to a sweep ({} has a [sweep] table)",
+                file.display()
+            );
         }
         return sweep(&file, &args.sets, false, None, None, vec![]);
     }
@@ -224,13 +271,27 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let cfg = &resolved.config;
-    let dir = RunDir::open(&cfg.experiment.output, &cfg.experiment.name, &resolved.hash, args.fresh, cfg.experiment.allow_outside_output)?;
+    let dir = RunDir::open(
+        &cfg.experiment.output,
+        &cfg.experiment.name,
+        &resolved.hash,
+        args.fresh,
+        cfg.experiment.allow_outside_output,
+    )?;
     let log_path = dir.file("run.log");
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("cannot open {}", log_path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
     if let Ok(mut g) = LOG_FILE.lock() {
         *g = Some(f);
     }
-    tracing::info!("runner {} -> {}", env!("CARGO_PKG_VERSION"), dir.path.display());
+    tracing::info!(
+        "runner {} -> {}",
+        env!("CARGO_PKG_VERSION"),
+        dir.path.display()
+    );
     let outcome = execute::execute(&resolved, &dir)?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
@@ -242,7 +303,14 @@ fn run(args: RunArgs) -> Result<()> {
 /// `diff`, `show` and `report`: read results folders, print to stdout.
 pub fn results_command(command: Command) -> Result<()> {
     match command {
-        Command::Diff { folders, all, precision, json, md, csv } => {
+        Command::Diff {
+            folders,
+            all,
+            precision,
+            json,
+            md,
+            csv,
+        } => {
             let format = if json {
                 diff::Format::Json
             } else if md {
@@ -253,10 +321,22 @@ pub fn results_command(command: Command) -> Result<()> {
                 diff::Format::Table
             };
             let inputs: Vec<diff::Input> = folders.into_iter().map(diff::Input::new).collect();
-            print!("{}", diff::diff(&inputs, all)?.render(format, precision as usize)?);
+            print!(
+                "{}",
+                diff::diff(&inputs, all)?.render(format, precision as usize)?
+            );
         }
-        Command::Show { dir, sort, sort_order, json } => {
-            let opts = show::ShowOptions { sort, order: show::parse_order(&sort_order)?, json };
+        Command::Show {
+            dir,
+            sort,
+            sort_order,
+            json,
+        } => {
+            let opts = show::ShowOptions {
+                sort,
+                order: show::parse_order(&sort_order)?,
+                json,
+            };
             print!("{}", show::show(&dir, &dir.display().to_string(), &opts)?);
         }
         Command::Report { dir } => {
@@ -283,19 +363,59 @@ pub fn main() -> i32 {
             }
             Ok(())
         })(),
-        Some(Command::Bench { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, no_pytorch }) => (|| -> Result<()> {
+        Some(Command::Bench {
+            channels,
+            cells,
+            batch,
+            recal_steps,
+            recal_batch,
+            valid_images,
+            eval_batch,
+            repeats,
+            rounds,
+            no_pytorch,
+        }) => (|| -> Result<()> {
             let threads = candle_core::utils::get_num_threads();
             let python = std::env::var("RUNNER_BENCH_PYTHON").unwrap_or_else(|_| {
-                if crate::run::bench::has_torch("python3") { "python3".into() } else { "/usr/bin/python3".into() }
+                if crate::run::bench::has_torch("python3") {
+                    "python3".into()
+                } else {
+                    "/usr/bin/python3".into()
+                }
             });
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
-            let pytorch_script = (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python)).then_some(script);
-            let args = crate::run::bench::BenchArgs { channels, cells, batch, recal_steps, recal_batch, valid_images, eval_batch, repeats, rounds, threads, pytorch_script, python };
+            let script =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
+            let pytorch_script =
+                (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python))
+                    .then_some(script);
+            let args = crate::run::bench::BenchArgs {
+                channels,
+                cells,
+                batch,
+                recal_steps,
+                recal_batch,
+                valid_images,
+                eval_batch,
+                repeats,
+                rounds,
+                threads,
+                pytorch_script,
+                python,
+            };
             print!("{}", crate::run::bench::bench(&args)?);
             Ok(())
         })(),
-        Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => results_command(command),
-        Some(Command::Sweep { file, dry_run, jobs, shard, devices, sets }) => sweep(&file, &sets, dry_run, jobs, shard.as_deref(), devices),
+        Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => {
+            results_command(command)
+        }
+        Some(Command::Sweep {
+            file,
+            dry_run,
+            jobs,
+            shard,
+            devices,
+            sets,
+        }) => sweep(&file, &sets, dry_run, jobs, shard.as_deref(), devices),
         None => run(cli.run),
     };
     match result {
@@ -314,9 +434,24 @@ mod tests {
     #[test]
     fn results_commands_parse_and_fail_on_bad_folders() {
         let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/diff/run_a");
-        let cli = Cli::try_parse_from(["runner", "diff", fixture, fixture, "--md", "--precision", "3"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "runner",
+            "diff",
+            fixture,
+            fixture,
+            "--md",
+            "--precision",
+            "3",
+        ])
+        .unwrap();
         match &cli.command {
-            Some(Command::Diff { folders, md: true, json: false, precision: 3, .. }) => assert_eq!(folders.len(), 2),
+            Some(Command::Diff {
+                folders,
+                md: true,
+                json: false,
+                precision: 3,
+                ..
+            }) => assert_eq!(folders.len(), 2),
             other => panic!("{other:?}"),
         }
         assert!(results_command(cli.command.unwrap()).is_ok());
@@ -327,12 +462,36 @@ mod tests {
         assert!(Cli::try_parse_from(["runner", "show", "a", "--sort-order", "desc"]).is_err());
 
         let t = tempfile::tempdir().unwrap();
-        let cli = Cli::try_parse_from(["runner".as_ref(), "diff".as_ref(), fixture.as_ref(), t.path().as_os_str()]).unwrap();
+        let cli = Cli::try_parse_from([
+            "runner".as_ref(),
+            "diff".as_ref(),
+            fixture.as_ref(),
+            t.path().as_os_str(),
+        ])
+        .unwrap();
         let err = format!("{:#}", results_command(cli.command.unwrap()).unwrap_err());
-        assert!(!err.contains('\n') && err.contains(&t.path().display().to_string()) && err.contains("neither a run folder"), "{err}");
-        let cli = Cli::try_parse_from(["runner".as_ref(), "show".as_ref(), t.path().as_os_str()]).unwrap();
+        assert!(
+            !err.contains('\n')
+                && err.contains(&t.path().display().to_string())
+                && err.contains("neither a run folder"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["runner".as_ref(), "show".as_ref(), t.path().as_os_str()])
+            .unwrap();
         assert!(results_command(cli.command.unwrap()).is_err());
-        let cli = Cli::try_parse_from(["runner", "show", fixture, "--sort", "kendall_tau", "--sort-order", "sideways"]).unwrap();
-        assert!(format!("{:#}", results_command(cli.command.unwrap()).unwrap_err()).contains("'asc' or 'desc'"));
+        let cli = Cli::try_parse_from([
+            "runner",
+            "show",
+            fixture,
+            "--sort",
+            "kendall_tau",
+            "--sort-order",
+            "sideways",
+        ])
+        .unwrap();
+        assert!(
+            format!("{:#}", results_command(cli.command.unwrap()).unwrap_err())
+                .contains("'asc' or 'desc'")
+        );
     }
 }

@@ -61,7 +61,10 @@ fn runner() -> Command {
 }
 
 fn run_dir(out: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.remove(0)
@@ -77,29 +80,60 @@ fn killed_run_resumes_to_identical_result() {
     let a = tiny_config(t.path(), "a");
     let b = tiny_config(t.path(), "b");
 
-    let st = runner().arg(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = runner()
+        .arg(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let dir_a = run_dir(&t.path().join("a"));
     let sa = summary(&dir_a);
-    for f in ["config.toml", "metrics.jsonl", "eval/epoch_0000.csv", "eval/epoch_0003.csv", "checkpoints/latest.safetensors", "checkpoints/final.safetensors", "run.log", "report.html"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "eval/epoch_0000.csv",
+        "eval/epoch_0003.csv",
+        "checkpoints/latest.safetensors",
+        "checkpoints/final.safetensors",
+        "run.log",
+        "report.html",
+    ] {
         assert!(dir_a.join(f).exists(), "missing {f}");
     }
     let fe = &sa["final_eval"];
     assert_eq!(fe["num_archs"], 6);
     assert_eq!(fe["num_with_ground_truth"], 6);
-    assert!(fe["kendall_tau"].is_number() && fe["spearman"].is_number() && fe["pearson"].is_number());
+    assert!(
+        fe["kendall_tau"].is_number() && fe["spearman"].is_number() && fe["pearson"].is_number()
+    );
     assert_eq!(sa["history"].as_array().unwrap().len(), 4); // epochs 0..=3
 
     // Same experiment in another output root: kill -9 once the first checkpoint exists.
-    let mut child = runner().arg(&b).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = runner()
+        .arg(&b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let out_b = t.path().join("b");
     let start = Instant::now();
     loop {
-        let ck = std::fs::read_dir(&out_b).ok().and_then(|mut d| d.next()).map(|e| e.unwrap().path().join("checkpoints/latest.safetensors"));
+        let ck = std::fs::read_dir(&out_b)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path().join("checkpoints/latest.safetensors"));
         if ck.is_some_and(|p| p.exists()) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("run ended before it could be killed: {status}");
         }
@@ -110,13 +144,21 @@ fn killed_run_resumes_to_identical_result() {
     let dir_b = run_dir(&out_b);
     assert!(!dir_b.join("summary.json").exists(), "killed too late");
     let st = runner().arg(&b).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let sb = summary(&dir_b);
     assert_eq!(sa["history"], sb["history"]);
     assert_eq!(sa["final_eval"], sb["final_eval"]);
     assert_eq!(sa["final_train_loss"], sb["final_train_loss"]);
     assert_eq!(sa["steps"], sb["steps"]);
-    assert_eq!(dir_a.file_name(), dir_b.file_name(), "output root must not change the config hash");
+    assert_eq!(
+        dir_a.file_name(),
+        dir_b.file_name(),
+        "output root must not change the config hash"
+    );
     let csv_a = std::fs::read_to_string(dir_a.join("eval/epoch_0003.csv")).unwrap();
     let csv_b = std::fs::read_to_string(dir_b.join("eval/epoch_0003.csv")).unwrap();
     assert_eq!(csv_a, csv_b);
@@ -134,11 +176,17 @@ fn killed_run_resumes_to_identical_result() {
     assert_eq!(std::fs::read_dir(dir_b.join("tb")).unwrap().count(), 2);
 
     // A finished run is not retrained.
-    let before = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
+    let before = std::fs::metadata(dir_b.join("checkpoints/final.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let st = runner().arg(&b).output().unwrap();
     assert!(st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("already finished"));
-    let after = std::fs::metadata(dir_b.join("checkpoints/final.safetensors")).unwrap().modified().unwrap();
+    let after = std::fs::metadata(dir_b.join("checkpoints/final.safetensors"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after);
 }
 
@@ -147,10 +195,26 @@ fn bad_inputs_fail_with_one_line() {
     let t = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(tiny_config(t.path(), "c")).unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("misspelt key", good.replace("max_steps = 6", "max_steps = 6\nlerning_rate = 0.1"), "learning_rate"),
-        ("missing data", good.replace("cifar10-mini-jpg", "no-such-folder"), "no-such-folder"),
-        ("escaping name", good.replace("name = \"tiny\"", "name = \"../evil\""), "allow_outside_output"),
-        ("malformed toml", good.replace("[train]", "[train"), "invalid TOML"),
+        (
+            "misspelt key",
+            good.replace("max_steps = 6", "max_steps = 6\nlerning_rate = 0.1"),
+            "learning_rate",
+        ),
+        (
+            "missing data",
+            good.replace("cifar10-mini-jpg", "no-such-folder"),
+            "no-such-folder",
+        ),
+        (
+            "escaping name",
+            good.replace("name = \"tiny\"", "name = \"../evil\""),
+            "allow_outside_output",
+        ),
+        (
+            "malformed toml",
+            good.replace("[train]", "[train"),
+            "invalid TOML",
+        ),
     ];
     for (what, text, needle) in cases {
         let p = t.path().join("bad.toml");
@@ -159,7 +223,10 @@ fn bad_inputs_fail_with_one_line() {
         assert!(!st.status.success(), "{what}: should fail");
         let err = String::from_utf8_lossy(&st.stderr);
         let last = err.lines().last().unwrap_or("");
-        assert!(last.starts_with("error: ") && last.contains(needle), "{what}: {err}");
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{what}: {err}"
+        );
         assert!(!t.path().join("c").join("..").join("evil").exists());
     }
 }
@@ -168,9 +235,22 @@ fn bad_inputs_fail_with_one_line() {
 fn corrupt_checkpoint_is_refused_and_kept() {
     let t = tempfile::tempdir().unwrap();
     let cfg = tiny_config(t.path(), "d");
-    let quick = ["--set", "train.epochs=1", "--set", "train.max_steps=2", "--set", "eval.at_start=false", "--set", "eval.num_archs=2"];
+    let quick = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "eval.at_start=false",
+        "--set",
+        "eval.num_archs=2",
+    ];
     let st = runner().arg(&cfg).args(quick).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let dir = run_dir(&t.path().join("d"));
     std::fs::remove_file(dir.join("summary.json")).unwrap();
     let ck = dir.join("checkpoints/latest.safetensors");
@@ -181,13 +261,31 @@ fn corrupt_checkpoint_is_refused_and_kept() {
     assert!(!st.status.success());
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.lines().last().unwrap().contains("corrupt"), "{err}");
-    assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the corrupt checkpoint must be left as it was");
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        bytes,
+        "the corrupt checkpoint must be left as it was"
+    );
 
     // An output root that cannot be created (a path below a regular file).
     let blocker = t.path().join("file");
     std::fs::write(&blocker, b"x").unwrap();
-    let st = runner().arg(&cfg).args(quick).args(["--set", &format!("experiment.output=\"{}\"", blocker.join("out").display())]).output().unwrap();
+    let st = runner()
+        .arg(&cfg)
+        .args(quick)
+        .args([
+            "--set",
+            &format!("experiment.output=\"{}\"", blocker.join("out").display()),
+        ])
+        .output()
+        .unwrap();
     assert!(!st.status.success());
     let err = String::from_utf8_lossy(&st.stderr);
-    assert!(err.lines().last().unwrap().contains("cannot create output folder"), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("cannot create output folder"),
+        "{err}"
+    );
 }

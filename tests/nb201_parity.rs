@@ -16,7 +16,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 #[test]
@@ -26,18 +29,28 @@ fn nb201_path_matches_pytorch() {
     let fx: HashMap<String, Tensor> = Tensor::read_npz(path).unwrap().into_iter().collect();
     let store = Store::new(&dev);
     let mut r = runner::rng::stream(0, "init", &[]);
-    let cfg = Nb201Space { channels: 4, cells_per_stage: 1, bn_momentum: 0.1 };
+    let cfg = Nb201Space {
+        channels: 4,
+        cells_per_stage: 1,
+        bn_momentum: 0.1,
+    };
     let net = nb201::Nb201Net::new(&store.root(), &cfg, 10, &mut r).unwrap();
     let init: BTreeMap<String, Tensor> = fx
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("init.").map(|n| (n.to_string(), v.clone())))
         .collect();
     store.load(&init).unwrap();
-    let arch = nb201::Nb201::decode(&serde_json::json!({"0_1": 3, "0_2": 0, "0_3": 2, "1_2": 4, "1_3": 3, "2_3": 1})).unwrap();
+    let arch = nb201::Nb201::decode(
+        &serde_json::json!({"0_1": 3, "0_2": 0, "0_3": 2, "1_2": 4, "1_3": 3, "2_3": 1}),
+    )
+    .unwrap();
     let x = &fx["x"];
     let y = &fx["y"];
 
-    let logits = net.forward(x, &arch, &mut Ctx::new(Mode::Train, &mut r)).unwrap().logits;
+    let logits = net
+        .forward(x, &arch, &mut Ctx::new(Mode::Train, &mut r))
+        .unwrap()
+        .logits;
     assert!(rel_err(&logits, &fx["train_logits"]) < 1e-4);
     let loss = nn::loss::cross_entropy(&logits, y, 0.0).unwrap();
     assert!(rel_err(&loss.reshape(1).unwrap(), &fx["loss"]) < 1e-5);
@@ -47,19 +60,32 @@ fn nb201_path_matches_pytorch() {
         match (fx.get(&format!("grad.{name}")), grads.get(var.as_tensor())) {
             (Some(want), Some(got)) => {
                 let e = rel_err(got, want);
-                assert!(e < 1e-4, "{name}: gradient rel err {e}: got {:?} want {:?}", got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert!(
+                    e < 1e-4,
+                    "{name}: gradient rel err {e}: got {:?} want {:?}",
+                    got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                );
                 with_grad += 1;
             }
             (None, None) => {}
             (Some(_), None) => panic!("{name}: PyTorch has a gradient, runner none"),
-            (None, Some(_)) => panic!("{name}: runner has a gradient, PyTorch none (an op off the path ran)"),
+            (None, Some(_)) => {
+                panic!("{name}: runner has a gradient, PyTorch none (an op off the path ran)")
+            }
         }
     }
     assert!(with_grad > 10);
     for (name, var) in store.buffers() {
         let want = &fx[&format!("train_buffers.{name}")];
-        assert!(rel_err(var.as_tensor(), want) < 1e-4, "{name}: running stat after a train step");
+        assert!(
+            rel_err(var.as_tensor(), want) < 1e-4,
+            "{name}: running stat after a train step"
+        );
     }
-    let eval = net.forward(x, &arch, &mut Ctx::new(Mode::Eval, &mut r)).unwrap().logits;
+    let eval = net
+        .forward(x, &arch, &mut Ctx::new(Mode::Eval, &mut r))
+        .unwrap()
+        .logits;
     assert!(rel_err(&eval, &fx["eval_logits"]) < 1e-4);
 }

@@ -94,7 +94,12 @@ pub fn sweep_source(file: &Path) -> anyhow::Result<Option<SweepSource>> {
 /// Like [`sweep_source`] with the file's text given (`file` only names and places it).
 pub fn sweep_source_str(text: &str, file: &Path) -> anyhow::Result<Option<SweepSource>> {
     let mut chain = Vec::new();
-    read_chain(file.to_path_buf(), absolute(file), text.to_string(), &mut chain)?;
+    read_chain(
+        file.to_path_buf(),
+        absolute(file),
+        text.to_string(),
+        &mut chain,
+    )?;
     // `chain` lists the named file first, then the files it extends.
     Ok(chain.into_iter().find_map(|layer| match layer.source {
         Source::File {

@@ -167,7 +167,10 @@ impl Store {
         for (k, v) in g.params.iter().chain(g.buffers.iter()) {
             // `copy` so that a tensor sharing the Var's own storage (candle refuses to set a Var
             // from itself) and a checkpoint tensor are treated alike.
-            let t = values[k].to_device(&self.device)?.to_dtype(self.dtype)?.copy()?;
+            let t = values[k]
+                .to_device(&self.device)?
+                .to_dtype(self.dtype)?
+                .copy()?;
             v.set(&t)?;
         }
         Ok(())

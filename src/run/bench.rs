@@ -70,21 +70,48 @@ impl RunnerSide {
     fn new(a: &BenchArgs, dev: &Device) -> Result<Self> {
         let store = Store::new(dev);
         let mut r = rng::stream(0, "bench", &[]);
-        let cfg = Nb201Space { channels: a.channels, cells_per_stage: a.cells, bn_momentum: 0.1 };
+        let cfg = Nb201Space {
+            channels: a.channels,
+            cells_per_stage: a.cells,
+            bn_momentum: 0.1,
+        };
         let net = nb201::Nb201Net::new(&store.root(), &cfg, 10, &mut r)?;
-        let opt = Sgd::new(store.params(), SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5e-4, unsampled: Unsampled::Pytorch1 });
+        let opt = Sgd::new(
+            store.params(),
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+                unsampled: Unsampled::Pytorch1,
+            },
+        );
         let arch = nb201::Nb201::decode(&serde_json::from_str(ARCH)?)?;
         let x = nn::init::normal(&mut r, &[a.batch, 3, 32, 32], 1.0, dev)?;
         let labels: Vec<u32> = (0..a.batch as u32).map(|i| i % 10).collect();
         let y = Tensor::new(labels, dev)?;
         let xr = nn::init::normal(&mut r, &[a.recal_batch, 3, 32, 32], 1.0, dev)?;
         let xv = nn::init::normal(&mut r, &[a.eval_batch, 3, 32, 32], 1.0, dev)?;
-        Ok(Self { net, store, opt, arch, x, y, xr, xv, valid_batches: (a.valid_images / a.eval_batch).max(1), recal_steps: a.recal_steps })
+        Ok(Self {
+            net,
+            store,
+            opt,
+            arch,
+            x,
+            y,
+            xr,
+            xv,
+            valid_batches: (a.valid_images / a.eval_batch).max(1),
+            recal_steps: a.recal_steps,
+        })
     }
 
     fn step(&mut self) -> Result<()> {
         let mut r = rng::stream(0, "bench-dropout", &[]);
-        let logits = self.net.forward(&self.x, &self.arch, &mut Ctx::new(Mode::Train, &mut r))?.logits;
+        let logits = self
+            .net
+            .forward(&self.x, &self.arch, &mut Ctx::new(Mode::Train, &mut r))?
+            .logits;
         let loss = nn::loss::cross_entropy(&logits, &self.y, 0.0)?;
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
@@ -92,16 +119,28 @@ impl RunnerSide {
     }
 
     fn evaluate(&mut self) -> Result<()> {
-        let saved: Vec<Tensor> = self.store.buffers().iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        let saved: Vec<Tensor> = self
+            .store
+            .buffers()
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
         self.store.begin_recalibration();
         for _ in 0..self.recal_steps {
             let mut r = rng::stream(0, "bench-dropout", &[]);
-            self.net.forward(&self.xr, &self.arch, &mut Ctx::new(Mode::Recalibrate, &mut r))?;
+            self.net.forward(
+                &self.xr,
+                &self.arch,
+                &mut Ctx::new(Mode::Recalibrate, &mut r),
+            )?;
         }
         self.store.finish_recalibration()?;
         for _ in 0..self.valid_batches {
             let mut r = rng::stream(0, "bench-dropout", &[]);
-            let l = self.net.forward(&self.xv, &self.arch, &mut Ctx::new(Mode::Eval, &mut r))?.logits;
+            let l = self
+                .net
+                .forward(&self.xv, &self.arch, &mut Ctx::new(Mode::Eval, &mut r))?
+                .logits;
             l.argmax(1)?.to_vec1::<u32>()?;
         }
         for ((_, v), t) in self.store.buffers().iter().zip(saved) {
@@ -120,17 +159,53 @@ fn time_ms(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
 fn pytorch_round(a: &BenchArgs, script: &Path) -> Result<(f64, f64)> {
     let out = std::process::Command::new(&a.python)
         .arg(script)
-        .args(["--channels", &a.channels.to_string(), "--cells", &a.cells.to_string(), "--batch", &a.batch.to_string()])
-        .args(["--recal-steps", &a.recal_steps.to_string(), "--recal-batch", &a.recal_batch.to_string()])
-        .args(["--valid-images", &a.valid_images.to_string(), "--eval-batch", &a.eval_batch.to_string()])
-        .args(["--repeats", &a.repeats.to_string(), "--threads", &a.threads.to_string(), "--arch", ARCH])
+        .args([
+            "--channels",
+            &a.channels.to_string(),
+            "--cells",
+            &a.cells.to_string(),
+            "--batch",
+            &a.batch.to_string(),
+        ])
+        .args([
+            "--recal-steps",
+            &a.recal_steps.to_string(),
+            "--recal-batch",
+            &a.recal_batch.to_string(),
+        ])
+        .args([
+            "--valid-images",
+            &a.valid_images.to_string(),
+            "--eval-batch",
+            &a.eval_batch.to_string(),
+        ])
+        .args([
+            "--repeats",
+            &a.repeats.to_string(),
+            "--threads",
+            &a.threads.to_string(),
+            "--arch",
+            ARCH,
+        ])
         .output()
         .with_context(|| format!("cannot run {} {}", a.python, script.display()))?;
     if !out.status.success() {
-        anyhow::bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        anyhow::bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("PyTorch benchmark output")?;
-    let get = |k: &str| v.get(k).and_then(|x| x.as_f64()).with_context(|| format!("PyTorch benchmark output lacks {k}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("PyTorch benchmark output")?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("PyTorch benchmark output lacks {k}"))
+    };
     Ok((get("train_step")?, get("evaluate")?))
 }
 
@@ -169,15 +244,31 @@ pub fn bench(a: &BenchArgs) -> Result<String> {
         "NB201 supernet, C={} N={} ({} threads), arch {ARCH}\ntrain step: batch {}; evaluation: {} x {} recalibration + {} validation images in batches of {}\n\n",
         a.channels, a.cells, a.threads, a.batch, a.recal_steps, a.recal_batch, a.valid_images, a.eval_batch
     );
-    t.push_str(&format!("{:<12} {:>14} {:>14} {:>16}\n", "what", "runner ms", "pytorch ms", "pytorch/runner"));
-    for (name, o, p) in [("train step", &ours.train_step, &theirs.train_step), ("evaluation", &ours.evaluate, &theirs.evaluate)] {
+    t.push_str(&format!(
+        "{:<12} {:>14} {:>14} {:>16}\n",
+        "what", "runner ms", "pytorch ms", "pytorch/runner"
+    ));
+    for (name, o, p) in [
+        ("train step", &ours.train_step, &theirs.train_step),
+        ("evaluation", &ours.evaluate, &theirs.evaluate),
+    ] {
         let (mo, mp) = (median(o), median(p));
-        let ratio = if p.is_empty() { "-".to_string() } else { format!("{:.2}x", mp / mo) };
-        let mp_s = if p.is_empty() { "-".to_string() } else { format!("{mp:.1}") };
+        let ratio = if p.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}x", mp / mo)
+        };
+        let mp_s = if p.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{mp:.1}")
+        };
         t.push_str(&format!("{name:<12} {mo:>14.1} {mp_s:>14} {ratio:>16}\n"));
     }
     if a.pytorch_script.is_none() {
-        t.push_str("\n(PyTorch not found: install python3-torch or set RUNNER_BENCH_PYTHON to compare)\n");
+        t.push_str(
+            "\n(PyTorch not found: install python3-torch or set RUNNER_BENCH_PYTHON to compare)\n",
+        );
     }
     Ok(t)
 }

@@ -20,8 +20,8 @@ pub struct Checkpoint<P> {
 /// SHA-256 over every tensor's name, dtype, shape and bytes in name order: the safetensors
 /// header guards only its own structure, so a flipped byte in the data would otherwise load.
 fn checksum<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<String> {
-    use sha2::{Digest, Sha256};
     use safetensors::View;
+    use sha2::{Digest, Sha256};
     let mut sorted: Vec<(&String, &Tensor)> = tensors.into_iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     let mut h = Sha256::new();
@@ -44,16 +44,29 @@ pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result
         .model
         .iter()
         .map(|(k, v)| (format!("model.{k}"), v.clone()))
-        .chain(ck.optim.iter().map(|(k, v)| (format!("optim.{k}"), v.clone())))
+        .chain(
+            ck.optim
+                .iter()
+                .map(|(k, v)| (format!("optim.{k}"), v.clone())),
+        )
         .collect();
-    meta.insert("checksum".to_string(), checksum(tensors.iter().map(|(k, v)| (k, v)))?);
-    let bytes = safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
+    meta.insert(
+        "checksum".to_string(),
+        checksum(tensors.iter().map(|(k, v)| (k, v)))?,
+    );
+    let bytes =
+        safetensors::tensor::serialize(tensors, Some(meta)).context("serialising checkpoint")?;
     super::dir::write_atomic(path, &bytes)
 }
 
 /// Reads a checkpoint, refusing a corrupt file or one written for another configuration.
-pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Result<Checkpoint<P>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+pub fn load<P: DeserializeOwned>(
+    path: &Path,
+    hash: &str,
+    device: &Device,
+) -> Result<Checkpoint<P>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
@@ -74,7 +87,10 @@ pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Re
         .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
     let want = meta.get("checksum").map(String::as_str).unwrap_or("");
     if checksum(all.iter())? != want {
-        bail!("checkpoint {} is corrupt: tensor data does not match its checksum", path.display());
+        bail!(
+            "checkpoint {} is corrupt: tensor data does not match its checksum",
+            path.display()
+        );
     }
     let mut model = BTreeMap::new();
     let mut optim = BTreeMap::new();
@@ -87,7 +103,11 @@ pub fn load<P: DeserializeOwned>(path: &Path, hash: &str, device: &Device) -> Re
             bail!("checkpoint {}: unexpected tensor {k}", path.display());
         }
     }
-    Ok(Checkpoint { model, optim, progress })
+    Ok(Checkpoint {
+        model,
+        optim,
+        progress,
+    })
 }
 
 #[cfg(test)]
@@ -100,28 +120,67 @@ mod tests {
         let p = t.path().join("latest.safetensors");
         let dev = Device::Cpu;
         let mut model = BTreeMap::new();
-        model.insert("a.weight".to_string(), Tensor::new(&[1.5f32, -2.0, 3.25], &dev).unwrap());
+        model.insert(
+            "a.weight".to_string(),
+            Tensor::new(&[1.5f32, -2.0, 3.25], &dev).unwrap(),
+        );
         let mut optim = BTreeMap::new();
-        optim.insert("momentum.a.weight".to_string(), Tensor::new(&[0.5f32, 0.0, 1.0], &dev).unwrap());
-        save(&p, "h1", &Checkpoint { model, optim, progress: (7usize, "x".to_string()) }).unwrap();
+        optim.insert(
+            "momentum.a.weight".to_string(),
+            Tensor::new(&[0.5f32, 0.0, 1.0], &dev).unwrap(),
+        );
+        save(
+            &p,
+            "h1",
+            &Checkpoint {
+                model,
+                optim,
+                progress: (7usize, "x".to_string()),
+            },
+        )
+        .unwrap();
         let back: Checkpoint<(usize, String)> = load(&p, "h1", &dev).unwrap();
         assert_eq!(back.progress, (7, "x".to_string()));
-        assert_eq!(back.model["a.weight"].to_vec1::<f32>().unwrap(), vec![1.5, -2.0, 3.25]);
-        assert_eq!(back.optim["momentum.a.weight"].to_vec1::<f32>().unwrap(), vec![0.5, 0.0, 1.0]);
-        let err = load::<(usize, String)>(&p, "h2", &dev).err().unwrap().to_string();
+        assert_eq!(
+            back.model["a.weight"].to_vec1::<f32>().unwrap(),
+            vec![1.5, -2.0, 3.25]
+        );
+        assert_eq!(
+            back.optim["momentum.a.weight"].to_vec1::<f32>().unwrap(),
+            vec![0.5, 0.0, 1.0]
+        );
+        let err = load::<(usize, String)>(&p, "h2", &dev)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("belongs to config hash \"h1\""), "{err}");
         let mut bytes = std::fs::read(&p).unwrap();
         bytes.truncate(bytes.len() - 5);
         std::fs::write(&p, &bytes).unwrap();
-        let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
+        let err = load::<(usize, String)>(&p, "h1", &dev)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("corrupt"), "{err}");
         // A flipped byte inside the tensor data (the header intact) is caught by the checksum.
-        save(&p, "h1", &Checkpoint { model: back.model.clone(), optim: back.optim.clone(), progress: (7usize, "x".to_string()) }).unwrap();
+        save(
+            &p,
+            "h1",
+            &Checkpoint {
+                model: back.model.clone(),
+                optim: back.optim.clone(),
+                progress: (7usize, "x".to_string()),
+            },
+        )
+        .unwrap();
         let mut bytes = std::fs::read(&p).unwrap();
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         std::fs::write(&p, &bytes).unwrap();
-        let err = load::<(usize, String)>(&p, "h1", &dev).err().unwrap().to_string();
+        let err = load::<(usize, String)>(&p, "h1", &dev)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("does not match its checksum"), "{err}");
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<(usize, String)>(&p, "h1", &dev).is_err());

@@ -14,14 +14,23 @@ pub struct RunDir {
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
 /// A reader sees the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("atomic write needs a parent folder")?;
-    let name = path.file_name().context("atomic write needs a file name")?.to_string_lossy();
+    let dir = path
+        .parent()
+        .context("atomic write needs a parent folder")?;
+    let name = path
+        .file_name()
+        .context("atomic write needs a file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
     drop(f);
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     if let Ok(d) = fs::File::open(dir) {
         // Persist the rename itself; failure here only weakens durability, not correctness.
         let _ = d.sync_all();
@@ -34,7 +43,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -42,8 +55,10 @@ fn pid_alive(pid: u32) -> bool {
 /// Checks that `name` is one plain path component (no separators, `..` or leading dot).
 pub fn check_name(name: &str) -> Result<()> {
     let mut comps = Path::new(name).components();
-    let ok = matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None))
-        && !name.starts_with('.')
+    let ok = matches!(
+        (comps.next(), comps.next()),
+        (Some(Component::Normal(_)), None)
+    ) && !name.starts_with('.')
         && !name.contains('/')
         && !name.contains('\\');
     if !ok {
@@ -55,11 +70,18 @@ pub fn check_name(name: &str) -> Result<()> {
 impl RunDir {
     /// The folder `<root>/<name>-<hash>` (or, with `fresh`, the first of `-r2`, `-r3`, ...
     /// that does not exist yet), created and locked.
-    pub fn open(root: &Path, name: &str, hash: &str, fresh: bool, allow_outside: bool) -> Result<RunDir> {
+    pub fn open(
+        root: &Path,
+        name: &str,
+        hash: &str,
+        fresh: bool,
+        allow_outside: bool,
+    ) -> Result<RunDir> {
         if !allow_outside {
             check_name(name)?;
         }
-        fs::create_dir_all(root).with_context(|| format!("cannot create output folder {}", root.display()))?;
+        fs::create_dir_all(root)
+            .with_context(|| format!("cannot create output folder {}", root.display()))?;
         let base = format!("{name}-{hash}");
         let mut path = root.join(&base);
         if fresh {
@@ -69,26 +91,52 @@ impl RunDir {
                 k += 1;
             }
         }
-        fs::create_dir_all(path.join("eval")).with_context(|| format!("cannot create run folder {} (is the output root writable?)", path.display()))?;
-        fs::create_dir_all(path.join("checkpoints")).with_context(|| format!("cannot create {}", path.join("checkpoints").display()))?;
+        fs::create_dir_all(path.join("eval")).with_context(|| {
+            format!(
+                "cannot create run folder {} (is the output root writable?)",
+                path.display()
+            )
+        })?;
+        fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create {}", path.join("checkpoints").display()))?;
         let lock = path.join("lock");
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+            {
                 Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id()).with_context(|| format!("cannot write {}", lock.display()))?;
+                    writeln!(f, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {}", lock.display()))?;
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(&lock).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                    let holder = fs::read_to_string(&lock)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
                     match holder {
                         Some(pid) if pid != std::process::id() && pid_alive(pid) => {
-                            bail!("run folder {} is in use by process {pid} (lock file {})", path.display(), lock.display())
+                            bail!(
+                                "run folder {} is in use by process {pid} (lock file {})",
+                                path.display(),
+                                lock.display()
+                            )
                         }
                         // A lock left by a killed process: take it over.
-                        _ => fs::remove_file(&lock).with_context(|| format!("cannot remove stale lock {}", lock.display()))?,
+                        _ => fs::remove_file(&lock).with_context(|| {
+                            format!("cannot remove stale lock {}", lock.display())
+                        })?,
                     }
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot create lock {} (is the output root writable?)", lock.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot create lock {} (is the output root writable?)",
+                            lock.display()
+                        )
+                    })
+                }
             }
         }
         Ok(RunDir { path, lock })
@@ -117,14 +165,20 @@ mod tests {
     fn names_and_locks() {
         let t = tempfile::tempdir().unwrap();
         for bad in ["../x", "/abs", "a/b", ".hidden", "..", ""] {
-            assert!(RunDir::open(t.path(), bad, "h", false, false).is_err(), "{bad}");
+            assert!(
+                RunDir::open(t.path(), bad, "h", false, false).is_err(),
+                "{bad}"
+            );
         }
         let a = RunDir::open(t.path(), "exp", "abc", false, false).unwrap();
         assert_eq!(a.path, t.path().join("exp-abc"));
         // Our own pid in the lock is not "another process".
         fs::write(a.file("lock"), "1\n").unwrap();
         assert!(pid_alive(1));
-        let err = RunDir::open(t.path(), "exp", "abc", false, false).err().unwrap().to_string();
+        let err = RunDir::open(t.path(), "exp", "abc", false, false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("in use by process 1"), "{err}");
         // A stale lock (no such process) is taken over.
         fs::write(a.file("lock"), "4000000000\n").unwrap();
@@ -134,7 +188,11 @@ mod tests {
         b.write("x.txt", b"one").unwrap();
         b.write("x.txt", b"two").unwrap();
         assert_eq!(fs::read_to_string(b.file("x.txt")).unwrap(), "two");
-        let leftovers: Vec<_> = fs::read_dir(&b.path).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+        let leftovers: Vec<_> = fs::read_dir(&b.path)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
         drop(a);
     }

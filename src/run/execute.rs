@@ -7,9 +7,9 @@ use crate::config::{self, DeviceKind, Resolved};
 use crate::nn::Store;
 use crate::rng;
 use crate::space::{nb201, GroundTruth, Space};
+use crate::tricks::{self, TrickSet};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use crate::tricks::{self, TrickSet};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,8 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("device.kind = \"cuda\" but this runner was built without the `cuda` feature (rebuild with --features cuda, or set device.kind = \"cpu\")");
             }
-            Device::new_cuda(cfg.index).with_context(|| format!("cannot open CUDA device {}", cfg.index))
+            Device::new_cuda(cfg.index)
+                .with_context(|| format!("cannot open CUDA device {}", cfg.index))
         }
         DeviceKind::Auto => Ok(Device::cuda_if_available(cfg.index).unwrap_or(Device::Cpu)),
     }
@@ -30,7 +31,11 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
 /// The folder holding a space's shipped benchmark tables for `eval.ground_truth = "auto"`:
 /// `benchmarks/<kind>` next to the experiment folder, inside it, or under the current folder.
 fn auto_benchmark_dir(resolved: &Resolved, kind: &str) -> Option<PathBuf> {
-    let exp_dir = resolved.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let exp_dir = resolved
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut candidates = vec![];
     for anc in exp_dir.ancestors().take(3) {
         candidates.push(anc.join("benchmarks").join(kind));
@@ -70,12 +75,17 @@ fn nb201_dataset(cfg: &config::Config) -> Result<&str> {
 /// lstsq metrics).
 fn nb201_params(resolved: &Resolved) -> Result<Option<HashMap<nb201::Arch, f64>>> {
     let cfg = &resolved.config;
-    let needed = cfg.tricks.focus_branch.as_ref().is_some_and(|f| f.metric != config::FocusMetric::Accuracy);
+    let needed = cfg
+        .tricks
+        .focus_branch
+        .as_ref()
+        .is_some_and(|f| f.metric != config::FocusMetric::Accuracy);
     if !needed {
         return Ok(None);
     }
     let dir = ground_truth_dir(resolved, "nb201")?.context("tricks.focus_branch needs the NB201 benchmark tables for parameter counts, and none were found (set eval.ground_truth)")?;
-    let p = nb201::params(&dir, nb201_dataset(cfg)?).with_context(|| format!("parameter counts in {}", dir.display()))?;
+    let p = nb201::params(&dir, nb201_dataset(cfg)?)
+        .with_context(|| format!("parameter counts in {}", dir.display()))?;
     Ok(Some(p))
 }
 
@@ -86,7 +96,8 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
         return Ok(None);
     };
     let dataset = nb201_dataset(cfg)?;
-    let gt = nb201::ground_truth(&dir, dataset).with_context(|| format!("ground truth in {}", dir.display()))?;
+    let gt = nb201::ground_truth(&dir, dataset)
+        .with_context(|| format!("ground truth in {}", dir.display()))?;
     tracing::info!("ground truth: {} ({} archs)", gt.source, gt.scores.len());
     Ok(Some(gt))
 }
@@ -104,14 +115,22 @@ pub fn check(resolved: &Resolved) -> Result<String> {
     match &cfg.space {
         config::Space::Nb201(_) => {
             let space = nb201::Nb201::new();
-            report.push_str(&format!("space: nb201, archset of {} cells\n", space.archset().map_or(0, |a| a.len())));
+            report.push_str(&format!(
+                "space: nb201, archset of {} cells\n",
+                space.archset().map_or(0, |a| a.len())
+            ));
             let gt = nb201_ground_truth(resolved)?;
             match &gt {
-                Some(gt) => report.push_str(&format!("ground truth: {} ({} archs)\n", gt.source, gt.scores.len())),
+                Some(gt) => report.push_str(&format!(
+                    "ground truth: {} ({} archs)\n",
+                    gt.source,
+                    gt.scores.len()
+                )),
                 None => report.push_str("ground truth: none (correlations unavailable)\n"),
             }
             if !cfg.tricks.is_empty() {
-                let ts = TrickSet::new(&space, cfg, gt.as_ref(), nb201_params(resolved)?).context("tricks")?;
+                let ts = TrickSet::new(&space, cfg, gt.as_ref(), nb201_params(resolved)?)
+                    .context("tricks")?;
                 for line in ts.report() {
                     report.push_str(&format!("tricks: {line}\n"));
                 }
@@ -133,9 +152,22 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
             let store = Store::new(&device);
             let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
             let copies = tricks::replicate_copies(&cfg.tricks);
-            let net = nb201::Nb201Net::with_copies(&store.root(), sc, data.num_classes, copies, &mut init_rng)?;
+            let net = nb201::Nb201Net::with_copies(
+                &store.root(),
+                sc,
+                data.num_classes,
+                copies,
+                &mut init_rng,
+            )?;
             let params = nb201_params(resolved)?;
-            let parts = Parts { space: nb201::Nb201::new(), net, store, ground_truth, params, data };
+            let parts = Parts {
+                space: nb201::Nb201::new(),
+                net,
+                store,
+                ground_truth,
+                params,
+                data,
+            };
             pipeline::run(resolved, parts, dir, &device)
         }
     }

@@ -1,17 +1,17 @@
 //! Running an experiment: the results folder, checkpoints, the training pipeline, summaries.
 
-pub mod checkpoint;
-pub mod dir;
-pub mod pipeline;
-pub mod records;
-pub mod execute;
 pub mod bench;
+pub mod checkpoint;
 pub mod diff;
+pub mod dir;
+pub mod execute;
 pub mod folder;
+pub mod pipeline;
 pub mod plot;
+pub mod records;
 pub mod report;
 pub mod show;
-pub mod table;
-pub mod tensorboard;
 pub mod sweep;
 pub mod sweep_report;
+pub mod table;
+pub mod tensorboard;

@@ -40,9 +40,10 @@ pub struct Parts<S: Space> {
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     pb.set_style(style);
     pb.set_prefix(what.to_string());
     pb
@@ -63,7 +64,9 @@ fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
 /// and any partial line left by a kill.
 fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     let path = dir.file("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
@@ -77,8 +80,15 @@ fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     super::dir::write_atomic(&path, kept.as_bytes())
 }
 
-fn correlate<A: std::hash::Hash + Eq>(archs: &[A], scores: &[f64], gt: Option<&GroundTruth<A>>, frac: f64) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
-    let Some(gt) = gt else { return (0, [None; 4], 0, None) };
+fn correlate<A: std::hash::Hash + Eq>(
+    archs: &[A],
+    scores: &[f64],
+    gt: Option<&GroundTruth<A>>,
+    frac: f64,
+) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
+    let Some(gt) = gt else {
+        return (0, [None; 4], 0, None);
+    };
     let mut x = vec![];
     let mut y = vec![];
     let mut pairs2 = (vec![], vec![]);
@@ -92,14 +102,24 @@ fn correlate<A: std::hash::Hash + Eq>(archs: &[A], scores: &[f64], gt: Option<&G
             }
         }
     }
-    let k = ((x.len() as f64 * frac).round() as usize).max(1).min(x.len());
+    let k = ((x.len() as f64 * frac).round() as usize)
+        .max(1)
+        .min(x.len());
     let m = [
         finite(metrics::kendall_tau_b(&x, &y)),
         finite(metrics::spearman(&x, &y)),
         finite(metrics::pearson(&x, &y)),
-        if x.is_empty() { None } else { finite(metrics::top_k_overlap(&x, &y, k)) },
+        if x.is_empty() {
+            None
+        } else {
+            finite(metrics::top_k_overlap(&x, &y, k))
+        },
     ];
-    let ceiling = if pairs2.0.len() >= 2 { finite(metrics::kendall_tau_b(&pairs2.0, &pairs2.1)) } else { None };
+    let ceiling = if pairs2.0.len() >= 2 {
+        finite(metrics::kendall_tau_b(&pairs2.0, &pairs2.1))
+    } else {
+        None
+    };
     (x.len(), m, k, ceiling)
 }
 
@@ -125,8 +145,23 @@ fn evaluate_epoch<S: Space>(
     let mut losses = vec![];
     for (i, arch) in archs.iter().enumerate() {
         let drop_path = parts.net.drop_path(epoch, cfg.train.epochs);
-        let s = evaluate::score(&parts.net, &parts.store, arch, recal, cfg.eval.bn_recalibration.steps, drop_path, valid, &[epoch as u64, i as u64], device)
-            .with_context(|| format!("evaluating architecture {} at epoch {epoch}", S::arch_string(arch)))?;
+        let s = evaluate::score(
+            &parts.net,
+            &parts.store,
+            arch,
+            recal,
+            cfg.eval.bn_recalibration.steps,
+            drop_path,
+            valid,
+            &[epoch as u64, i as u64],
+            device,
+        )
+        .with_context(|| {
+            format!(
+                "evaluating architecture {} at epoch {epoch}",
+                S::arch_string(arch)
+            )
+        })?;
         accs.push(s.accuracy);
         losses.push(s.loss);
         pb.inc(1);
@@ -135,11 +170,19 @@ fn evaluate_epoch<S: Space>(
     let gt = parts.ground_truth.as_ref();
     let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth\n");
     for ((a, acc), loss) in archs.iter().zip(&accs).zip(&losses) {
-        let g = gt.and_then(|g| g.scores.get(a)).map(|v| v.to_string()).unwrap_or_default();
-        csv.push_str(&format!("{},{},{acc},{loss},{g}\n", csv_field(&S::encode(a).to_string()), csv_field(&S::arch_string(a))));
+        let g = gt
+            .and_then(|g| g.scores.get(a))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        csv.push_str(&format!(
+            "{},{},{acc},{loss},{g}\n",
+            csv_field(&S::encode(a).to_string()),
+            csv_field(&S::arch_string(a))
+        ));
     }
     dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
-    let (n_gt, [tau, rho, r, topk], k, ceiling) = correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
+    let (n_gt, [tau, rho, r, topk], k, ceiling) =
+        correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
     let n = accs.len().max(1) as f64;
     let rec = EvalRecord {
         epoch,
@@ -185,15 +228,24 @@ fn param_vars(store: &Store) -> Vec<Var> {
 }
 
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
-pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, device: &Device) -> Result<Outcome> {
+pub fn run<S: Space>(
+    resolved: &Resolved,
+    mut parts: Parts<S>,
+    dir: &RunDir,
+    device: &Device,
+) -> Result<Outcome> {
     let cfg = &resolved.config;
     let seed = cfg.experiment.seed;
     let latest = dir.file("checkpoints/latest.safetensors");
     let summary_path = dir.file("summary.json");
     if summary_path.exists() && latest.exists() {
-        let text = std::fs::read_to_string(&summary_path).with_context(|| format!("reading {}", summary_path.display()))?;
+        let text = std::fs::read_to_string(&summary_path)
+            .with_context(|| format!("reading {}", summary_path.display()))?;
         if let Ok(summary) = serde_json::from_str::<Summary>(&text) {
-            return Ok(Outcome { summary, already_finished: true });
+            return Ok(Outcome {
+                summary,
+                already_finished: true,
+            });
         }
     }
     dir.write("config.toml", resolved.toml.as_bytes())?;
@@ -210,7 +262,12 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         },
     );
     let vars = param_vars(&parts.store);
-    let mut tricks = TrickSet::new(&parts.space, cfg, parts.ground_truth.as_ref(), parts.params.take())?;
+    let mut tricks = TrickSet::new(
+        &parts.space,
+        cfg,
+        parts.ground_truth.as_ref(),
+        parts.params.take(),
+    )?;
     for line in tricks.report() {
         tracing::info!("tricks: {line}");
     }
@@ -227,15 +284,27 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
     };
     if latest.exists() {
         let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)?;
-        parts.store.load(&ck.model).with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
-        opt.load_state(&ck.optim).with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
+        parts
+            .store
+            .load(&ck.model)
+            .with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
+        opt.load_state(&ck.optim)
+            .with_context(|| format!("checkpoint {}: optimizer state", latest.display()))?;
         progress = ck.progress;
-        tricks.restore(&parts.space, &progress.tricks).with_context(|| format!("checkpoint {}", latest.display()))?;
+        tricks
+            .restore(&parts.space, &progress.tricks)
+            .with_context(|| format!("checkpoint {}", latest.display()))?;
         truncate_metrics(dir, progress.epoch)?;
-        tracing::info!("resuming from {} at epoch {} (step {})", latest.display(), progress.epoch, progress.step);
+        tracing::info!(
+            "resuming from {} at epoch {} (step {})",
+            latest.display(),
+            progress.epoch,
+            progress.step
+        );
     } else if dir.file("metrics.jsonl").exists() {
         // A run killed before its first checkpoint starts over.
-        std::fs::remove_file(dir.file("metrics.jsonl")).with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
+        std::fs::remove_file(dir.file("metrics.jsonl"))
+            .with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
     }
     let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
     if cfg.tricks.focus_branch.is_some() {
@@ -256,7 +325,10 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
     if cfg.eval.valid_images > 0 && cfg.eval.valid_images < valid_indices.len() {
         // A seeded subset in the original order: files are often sorted by class, so a prefix
         // would cover only some classes.
-        let mut pick: Vec<usize> = data::shuffled(valid_indices.len(), seed, "valid-subset", &[]).into_iter().take(cfg.eval.valid_images).collect();
+        let mut pick: Vec<usize> = data::shuffled(valid_indices.len(), seed, "valid-subset", &[])
+            .into_iter()
+            .take(cfg.eval.valid_images)
+            .collect();
         pick.sort_unstable();
         valid_indices = pick.into_iter().map(|i| valid_indices[i]).collect();
     }
@@ -276,7 +348,9 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         steps_per_epoch = steps_per_epoch.min(train_cfg.max_steps);
     }
     if steps_per_epoch == 0 {
-        anyhow::bail!("data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on");
+        anyhow::bail!(
+            "data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on"
+        );
     }
     let epochs = train_cfg.epochs;
     let total_steps = epochs * steps_per_epoch;
@@ -288,7 +362,11 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
     );
 
     let save = |progress: &Progress, opt: &sgd::Sgd, path: &std::path::Path| -> Result<()> {
-        let ck = Checkpoint { model: parts.store.tensors(), optim: opt.state()?, progress: progress.clone() };
+        let ck = Checkpoint {
+            model: parts.store.tensors(),
+            optim: opt.state()?,
+            progress: progress.clone(),
+        };
         checkpoint::save(path, &resolved.hash, &ck)
     };
 
@@ -296,7 +374,8 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
     let mut tb = TbLog::open(&dir.path);
     if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
         let k = cfg.eval.num_archs_intermediate.min(archs.len());
-        let (rec, _) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
+        let (rec, _) =
+            evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
         tb.eval(&rec);
         progress.history.push(rec);
         progress.recal_consumed = recal.consumed;
@@ -308,7 +387,18 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             .map(|i| d.train_indices[i])
             .take(steps_per_epoch * bs)
             .collect();
-        let batches = data::batches(d.train.clone(), order, bs, true, d.train_augment, seed, "train-augment", &[epoch as u64], device, cfg.data.prefetch);
+        let batches = data::batches(
+            d.train.clone(),
+            order,
+            bs,
+            true,
+            d.train_augment,
+            seed,
+            "train-augment",
+            &[epoch as u64],
+            device,
+            cfg.data.prefetch,
+        );
         let pb = bar(steps_per_epoch as u64, &format!("epoch {epoch}/{epochs}"));
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
         for batch in batches {
@@ -317,10 +407,31 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             let lr = tricks.lr(progress.step as usize, steps_per_epoch, total_steps);
             let step = progress.step;
             // Path 0 keeps the single-path stream, so runs without multipath are unchanged.
-            let rng_for = |p: usize| if p == 0 { rng::stream(seed, "train-dropout", &[step]) } else { rng::stream(seed, "train-dropout", &[step, p as u64]) };
-            let (loss, outcomes) = multipath::summed_loss(&parts.net, &batch.images, &batch.labels, &paths, parts.net.drop_path(epoch, epochs), rng_for)?;
+            let rng_for = |p: usize| {
+                if p == 0 {
+                    rng::stream(seed, "train-dropout", &[step])
+                } else {
+                    rng::stream(seed, "train-dropout", &[step, p as u64])
+                }
+            };
+            let (loss, outcomes) = multipath::summed_loss(
+                &parts.net,
+                &batch.images,
+                &batch.labels,
+                &paths,
+                parts.net.drop_path(epoch, epochs),
+                rng_for,
+            )?;
             let mut grads = loss.backward()?;
-            let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
+            let grad_norm = if train_cfg.grad_clip > 0.0 {
+                Some(clip::clip_grad_norm(
+                    &mut grads,
+                    &vars,
+                    train_cfg.grad_clip,
+                )?)
+            } else {
+                None
+            };
             opt.set_lr(lr);
             opt.step(&grads)?;
             let k = outcomes.len() as f64;
@@ -345,13 +456,20 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             append_metrics(dir, &line)?;
             tb.train_step(progress.step, loss_v, c / n as f64, lr);
             pb.inc(1);
-            pb.set_message(format!("loss {:.3} acc {:.3}", loss_sum / seen as f64, correct / seen as f64));
+            pb.set_message(format!(
+                "loss {:.3} acc {:.3}",
+                loss_sum / seen as f64,
+                correct / seen as f64
+            ));
         }
         pb.finish_and_clear();
         let (tl, ta) = (loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64);
         progress.last_train_loss = Some(tl);
         progress.last_train_accuracy = Some(ta);
-        append_metrics(dir, &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}))?;
+        append_metrics(
+            dir,
+            &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}),
+        )?;
         tracing::info!("epoch {epoch}/{epochs}: train loss {tl:.4} acc {ta:.4}");
         progress.epoch = epoch;
         progress.sample_rng = rng::save_state(&sample_rng);
@@ -360,12 +478,27 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         let focus = tricks.focus_due(epoch);
         let regular = epoch % cfg.eval.every == 0;
         if regular || last || focus.is_some() {
-            let mut k = if last { archs.len() } else if regular { cfg.eval.num_archs_intermediate } else { 0 };
+            let mut k = if last {
+                archs.len()
+            } else if regular {
+                cfg.eval.num_archs_intermediate
+            } else {
+                0
+            };
             if let Some(f) = focus {
                 k = k.max(f);
             }
             let k = k.min(archs.len());
-            let (rec, accs) = evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, epoch, device)?;
+            let (rec, accs) = evaluate_epoch(
+                &parts,
+                cfg,
+                dir,
+                &archs[..k],
+                &mut recal,
+                &valid,
+                epoch,
+                device,
+            )?;
             tb.eval(&rec);
             progress.history.push(rec);
             progress.recal_consumed = recal.consumed;
@@ -406,7 +539,10 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         space: S::KIND.into(),
         epochs,
         steps: progress.step,
-        unsampled: serde_json::to_value(train_cfg.unsampled)?.as_str().unwrap_or("?").to_string(),
+        unsampled: serde_json::to_value(train_cfg.unsampled)?
+            .as_str()
+            .unwrap_or("?")
+            .to_string(),
         ground_truth: parts.ground_truth.as_ref().map(|g| g.source.clone()),
         final_train_loss: progress.last_train_loss,
         final_train_accuracy: progress.last_train_accuracy,
@@ -416,13 +552,27 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
         tricks: tricks.describe(),
         train_archset_size: tricks.train_archset_size(),
     };
-    let final_ck = Checkpoint { model: parts.store.tensors(), optim: Default::default(), progress: progress.clone() };
-    checkpoint::save(&dir.file("checkpoints/final.safetensors"), &resolved.hash, &final_ck)?;
+    let final_ck = Checkpoint {
+        model: parts.store.tensors(),
+        optim: Default::default(),
+        progress: progress.clone(),
+    };
+    checkpoint::save(
+        &dir.file("checkpoints/final.safetensors"),
+        &resolved.hash,
+        &final_ck,
+    )?;
     drop(tb);
     // The report is a view of the results, not a result: failing to draw it does not fail the run.
     if let Err(e) = super::report::write_report_with(&dir.path, Some(&summary)) {
         tracing::warn!("report.html not written: {e:#}");
     }
-    dir.write("summary.json", serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    Ok(Outcome { summary, already_finished: false })
+    dir.write(
+        "summary.json",
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(Outcome {
+        summary,
+        already_finished: false,
+    })
 }

@@ -73,9 +73,23 @@ pub fn render(entries: &[Entry], title: &str) -> Result<String> {
             let x_desc = if categories.is_empty() {
                 key.clone()
             } else {
-                format!("{key} ({})", categories.iter().enumerate().map(|(i, c)| format!("{i}={c}")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{key} ({})",
+                    categories
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{i}={c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
-            html.push_str(&plot::scatter(&format!("{m} vs {key}"), &x_desc, m, &pts, (480, 320))?);
+            html.push_str(&plot::scatter(
+                &format!("{m} vs {key}"),
+                &x_desc,
+                m,
+                &pts,
+                (480, 320),
+            )?);
         }
     }
     html.push_str("<h2>Points</h2><table><tr><th>point</th><th>overrides</th><th>status</th>");
@@ -84,15 +98,27 @@ pub fn render(entries: &[Entry], title: &str) -> Result<String> {
     }
     html.push_str("</tr>");
     for e in entries {
-        let ov: Vec<String> = e.overrides.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let ov: Vec<String> = e
+            .overrides
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td>",
             escape(&e.point),
             escape(&ov.join(" ")),
-            escape(&serde_json::to_value(e.status)?.as_str().unwrap_or("?").to_string())
+            escape(
+                &serde_json::to_value(e.status)?
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            )
         ));
         for m in METRICS {
-            let v = metric(e, m).map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+            let v = metric(e, m)
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|| "-".into());
             html.push_str(&format!("<td>{v}</td>"));
         }
         html.push_str("</tr>");
@@ -103,7 +129,10 @@ pub fn render(entries: &[Entry], title: &str) -> Result<String> {
 
 /// Writes `<folder>/report.html` atomically.
 pub fn write(folder: &Path, entries: &[Entry], title: &str) -> Result<()> {
-    super::dir::write_atomic(&folder.join("report.html"), render(entries, title)?.as_bytes())
+    super::dir::write_atomic(
+        &folder.join("report.html"),
+        render(entries, title)?.as_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -117,10 +146,17 @@ mod tests {
             r#"{"point":"b","index":1,"overrides":{"train.learning_rate":0.05,"data.augment":false},"run":"r2","status":"done","kendall_tau":0.4,"spearman":0.5,"mean_accuracy":0.6}"#,
             r#"{"point":"c","index":2,"overrides":{"train.learning_rate":0.01,"data.augment":true},"run":"r3","status":"failed","error":"boom"}"#,
         ];
-        let entries: Vec<Entry> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let entries: Vec<Entry> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let html = render(&entries, "grid").unwrap();
         assert_eq!(html.matches("<svg").count(), 6, "3 metrics x 2 keys");
-        for t in ["kendall_tau vs train.learning_rate", "mean_accuracy vs data.augment", "data.augment (0=true, 1=false)"] {
+        for t in [
+            "kendall_tau vs train.learning_rate",
+            "mean_accuracy vs data.augment",
+            "data.augment (0=true, 1=false)",
+        ] {
             assert!(html.contains(t), "{t}");
         }
         // The failed point has no metrics: 2 points per plot, so 12 circles in all.

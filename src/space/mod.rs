@@ -49,7 +49,11 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(mode: Mode, rng: &'a mut Rng) -> Self {
-        Self { mode, drop_path: 0.0, rng }
+        Self {
+            mode,
+            drop_path: 0.0,
+            rng,
+        }
     }
 }
 

@@ -15,7 +15,13 @@ use std::collections::HashMap;
 use std::io::Read;
 
 /// Candidate ops, in the benchmark's index order.
-pub const OPS: [&str; 5] = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"];
+pub const OPS: [&str; 5] = [
+    "none",
+    "skip_connect",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+    "avg_pool_3x3",
+];
 
 /// Edges (from, to) in encoding-key order.
 pub const EDGES: [(usize, usize); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
@@ -74,17 +80,19 @@ impl Arch {
                 .with_context(|| format!("arch string {s:?}: node {to} is not enclosed in '|'"))?;
             let parts: Vec<&str> = node.split('|').collect();
             if parts.len() != to {
-                bail!("arch string {s:?}: node {to} has {} inputs, expected {to}", parts.len());
+                bail!(
+                    "arch string {s:?}: node {to} has {} inputs, expected {to}",
+                    parts.len()
+                );
             }
             for part in parts {
                 let (name, from) = part
                     .split_once('~')
                     .with_context(|| format!("arch string {s:?}: {part:?} lacks '~'"))?;
-                let from: usize = from
-                    .parse()
-                    .ok()
-                    .filter(|&f| f < to)
-                    .with_context(|| format!("arch string {s:?}: bad source node in {part:?}"))?;
+                let from: usize =
+                    from.parse().ok().filter(|&f| f < to).with_context(|| {
+                        format!("arch string {s:?}: bad source node in {part:?}")
+                    })?;
                 let op = OPS
                     .iter()
                     .position(|&o| o == name)
@@ -145,11 +153,15 @@ impl Space for Nb201 {
     }
 
     fn decode(value: &serde_json::Value) -> anyhow::Result<Arch> {
-        let obj = value.as_object().context("NB201 arch must be a JSON object")?;
+        let obj = value
+            .as_object()
+            .context("NB201 arch must be a JSON object")?;
         let mut ops = [0u8; 6];
         for (e, (from, to)) in EDGES.iter().enumerate() {
             let key = format!("{from}_{to}");
-            let v = obj.get(&key).with_context(|| format!("NB201 arch lacks key {key:?}"))?;
+            let v = obj
+                .get(&key)
+                .with_context(|| format!("NB201 arch lacks key {key:?}"))?;
             let op = v
                 .as_u64()
                 .filter(|&o| o < OPS.len() as u64)
@@ -157,7 +169,10 @@ impl Space for Nb201 {
             ops[e] = op as u8;
         }
         if obj.len() != 6 {
-            let extra: Vec<&String> = obj.keys().filter(|k| !k.contains('_') || k.len() != 3).collect();
+            let extra: Vec<&String> = obj
+                .keys()
+                .filter(|k| !k.contains('_') || k.len() != 3)
+                .collect();
             bail!("NB201 arch has unexpected keys {extra:?}");
         }
         Ok(Arch { ops })
@@ -187,9 +202,23 @@ struct ReluConvBn {
 
 impl ReluConvBn {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: &Path, rng: &mut Rng, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, momentum: f64) -> Result<Self> {
+    fn new(
+        p: &Path,
+        rng: &mut Rng,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        momentum: f64,
+    ) -> Result<Self> {
         let w = init::pytorch_default_weight(rng, &[c_out, c_in, k, k], p.device())?;
-        let params = ConvParams { stride, padding: pad, dilation: 1, groups: 1 };
+        let params = ConvParams {
+            stride,
+            padding: pad,
+            dilation: 1,
+            groups: 1,
+        };
         Ok(Self {
             conv: Conv2d::new(&p.pp("conv"), w, None, params)?,
             bn: BatchNorm::new(&p.pp("bn"), c_out, true, momentum, 1e-5)?,
@@ -224,7 +253,11 @@ impl Cell {
                 let e = EDGES.iter().position(|&x| x == (from, to)).unwrap_or(0);
                 // With copies, every edge draws its copy in forward order whatever its op, as
                 // the reference's replicate mutator draws one per layer choice and call.
-                let c = if self.copies > 1 { copy_draw(ctx.rng, self.copies) } else { 0 };
+                let c = if self.copies > 1 {
+                    copy_draw(ctx.rng, self.copies)
+                } else {
+                    0
+                };
                 let y = match arch.ops[e] {
                     // The reference's Zero op is `x.mul(0.)`: it stays in the graph, so the ops
                     // feeding it receive (zero) gradients, which matters for the PyTorch 1.x
@@ -257,7 +290,9 @@ struct Reduction {
 impl Reduction {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let y = self.conv_b.forward(&self.conv_a.forward(x, mode)?, mode)?;
-        let s = self.shortcut.forward(&nn::pool::avg_pool2d(x, 2, 2, 0, true)?)?;
+        let s = self
+            .shortcut
+            .forward(&nn::pool::avg_pool2d(x, 2, 2, 0, true)?)?;
         y + s
     }
 }
@@ -293,7 +328,13 @@ impl Nb201Net {
     /// then picks, per cell and edge, one copy uniformly with the context's RNG
     /// ([`copy_draw`]), in training, recalibration and evaluation alike. Copy 0 keeps the
     /// op's name; copy c > 0 is `<op>_copy<c>`.
-    pub fn with_copies(root: &Path, cfg: &Nb201Space, num_classes: usize, copies: usize, rng: &mut Rng) -> Result<Self> {
+    pub fn with_copies(
+        root: &Path,
+        cfg: &Nb201Space,
+        num_classes: usize,
+        copies: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
         if copies == 0 {
             candle_core::bail!("Nb201Net: copies must be at least 1");
         }
@@ -301,7 +342,17 @@ impl Nb201Net {
         let m = cfg.bn_momentum;
         let dev = root.device().clone();
         let w = init::pytorch_default_weight(rng, &[c, 3, 3, 3], &dev)?;
-        let stem = Conv2d::new(&root.pp("stem.conv"), w, None, ConvParams { stride: 1, padding: 1, dilation: 1, groups: 1 })?;
+        let stem = Conv2d::new(
+            &root.pp("stem.conv"),
+            w,
+            None,
+            ConvParams {
+                stride: 1,
+                padding: 1,
+                dilation: 1,
+                groups: 1,
+            },
+        )?;
         let stem_bn = BatchNorm::new(&root.pp("stem.bn"), c, true, m, 1e-5)?;
         let mut blocks = vec![];
         let mut c_prev = c;
@@ -313,22 +364,68 @@ impl Nb201Net {
                 let conv_b = ReluConvBn::new(&p.pp("conv_b"), rng, c_s, c_s, 3, 1, 1, m)?;
                 let w = init::pytorch_default_weight(rng, &[c_s, c_prev, 1, 1], &dev)?;
                 let shortcut = Conv2d::new(&p.pp("shortcut"), w, None, ConvParams::default())?;
-                blocks.push(Block::Reduction(Reduction { conv_a, conv_b, shortcut }));
+                blocks.push(Block::Reduction(Reduction {
+                    conv_a,
+                    conv_b,
+                    shortcut,
+                }));
             }
             for _ in 0..cfg.cells_per_stage {
                 let p = root.pp(format!("blocks.{}", blocks.len()));
                 let mut edges = vec![];
                 for (from, to) in EDGES {
                     let e = p.pp(format!("edge_{from}_{to}"));
-                    let name = |op: &str, c: usize| if c == 0 { op.to_string() } else { format!("{op}_copy{c}") };
+                    let name = |op: &str, c: usize| {
+                        if c == 0 {
+                            op.to_string()
+                        } else {
+                            format!("{op}_copy{c}")
+                        }
+                    };
                     // Copy 0 of both ops first, so that one copy draws exactly as `new` did.
-                    let mut conv1x1 = vec![ReluConvBn::new(&e.pp("nor_conv_1x1"), rng, c_s, c_s, 1, 1, 0, m)?];
-                    let mut conv3x3 = vec![ReluConvBn::new(&e.pp("nor_conv_3x3"), rng, c_s, c_s, 3, 1, 1, m)?];
+                    let mut conv1x1 = vec![ReluConvBn::new(
+                        &e.pp("nor_conv_1x1"),
+                        rng,
+                        c_s,
+                        c_s,
+                        1,
+                        1,
+                        0,
+                        m,
+                    )?];
+                    let mut conv3x3 = vec![ReluConvBn::new(
+                        &e.pp("nor_conv_3x3"),
+                        rng,
+                        c_s,
+                        c_s,
+                        3,
+                        1,
+                        1,
+                        m,
+                    )?];
                     for c in 1..copies {
-                        conv1x1.push(ReluConvBn::new(&e.pp(name("nor_conv_1x1", c)), rng, c_s, c_s, 1, 1, 0, m)?);
+                        conv1x1.push(ReluConvBn::new(
+                            &e.pp(name("nor_conv_1x1", c)),
+                            rng,
+                            c_s,
+                            c_s,
+                            1,
+                            1,
+                            0,
+                            m,
+                        )?);
                     }
                     for c in 1..copies {
-                        conv3x3.push(ReluConvBn::new(&e.pp(name("nor_conv_3x3", c)), rng, c_s, c_s, 3, 1, 1, m)?);
+                        conv3x3.push(ReluConvBn::new(
+                            &e.pp(name("nor_conv_3x3", c)),
+                            rng,
+                            c_s,
+                            c_s,
+                            3,
+                            1,
+                            1,
+                            m,
+                        )?);
                     }
                     edges.push(Edge { conv1x1, conv3x3 });
                 }
@@ -340,7 +437,13 @@ impl Nb201Net {
         let w = init::pytorch_default_weight(rng, &[num_classes, c_prev], &dev)?;
         let b = init::pytorch_default_bias(rng, c_prev, num_classes, &dev)?;
         let classifier = Linear::new(&root.pp("classifier"), w, Some(b))?;
-        Ok(Self { stem, stem_bn, blocks, last_bn, classifier })
+        Ok(Self {
+            stem,
+            stem_bn,
+            blocks,
+            last_bn,
+            classifier,
+        })
     }
 }
 
@@ -358,7 +461,10 @@ impl Supernet for Nb201Net {
         }
         let h = nn::activation::relu(&self.last_bn.forward(&h, mode)?)?;
         let logits = self.classifier.forward(&nn::pool::global_avg_pool(&h)?)?;
-        Ok(Output { logits, aux_logits: None })
+        Ok(Output {
+            logits,
+            aux_logits: None,
+        })
     }
 }
 
@@ -369,11 +475,13 @@ impl Supernet for Nb201Net {
 fn read_table(dir: &std::path::Path, name: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
     let plain = dir.join(name);
     if plain.exists() {
-        let text = std::fs::read_to_string(&plain).with_context(|| format!("reading {}", plain.display()))?;
+        let text = std::fs::read_to_string(&plain)
+            .with_context(|| format!("reading {}", plain.display()))?;
         return Ok((plain, text));
     }
     let gz = dir.join(format!("{name}.gz"));
-    let f = std::fs::File::open(&gz).with_context(|| format!("ground truth table {} (or .gz) not found", plain.display()))?;
+    let f = std::fs::File::open(&gz)
+        .with_context(|| format!("ground truth table {} (or .gz) not found", plain.display()))?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(f)
         .read_to_string(&mut text)
@@ -382,10 +490,17 @@ fn read_table(dir: &std::path::Path, name: &str) -> anyhow::Result<(std::path::P
 }
 
 /// Rows of a CSV keyed by `arch_index`, the named columns parsed as f64.
-fn read_columns(dir: &std::path::Path, name: &str, cols: &[&str]) -> anyhow::Result<HashMap<usize, Vec<f64>>> {
+fn read_columns(
+    dir: &std::path::Path,
+    name: &str,
+    cols: &[&str],
+) -> anyhow::Result<HashMap<usize, Vec<f64>>> {
     let (path, text) = read_table(dir, name)?;
     let mut rdr = csv::Reader::from_reader(text.as_bytes());
-    let headers = rdr.headers().with_context(|| format!("{}: no header", path.display()))?.clone();
+    let headers = rdr
+        .headers()
+        .with_context(|| format!("{}: no header", path.display()))?
+        .clone();
     let find = |c: &str| {
         headers
             .iter()
@@ -393,12 +508,18 @@ fn read_columns(dir: &std::path::Path, name: &str, cols: &[&str]) -> anyhow::Res
             .with_context(|| format!("{}: no column {c:?}", path.display()))
     };
     let idx_col = find("arch_index")?;
-    let col_idx: Vec<usize> = cols.iter().map(|c| find(c)).collect::<anyhow::Result<_>>()?;
+    let col_idx: Vec<usize> = cols
+        .iter()
+        .map(|c| find(c))
+        .collect::<anyhow::Result<_>>()?;
     let mut out = HashMap::new();
     for (row, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {}", path.display(), row + 2))?;
         let bad = || format!("{}: row {}: malformed value", path.display(), row + 2);
-        let idx: usize = rec.get(idx_col).and_then(|v| v.parse().ok()).with_context(bad)?;
+        let idx: usize = rec
+            .get(idx_col)
+            .and_then(|v| v.parse().ok())
+            .with_context(bad)?;
         let vals: Vec<f64> = col_idx
             .iter()
             .map(|&c| rec.get(c).and_then(|v| v.trim().parse::<f64>().ok()))
@@ -420,8 +541,11 @@ pub fn read_archs(dir: &std::path::Path) -> anyhow::Result<HashMap<usize, Arch>>
             .get(0)
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("{}: row {}: bad arch_index", path.display(), row + 2))?;
-        let s = rec.get(1).with_context(|| format!("{}: row {}: no arch_str", path.display(), row + 2))?;
-        let arch = Arch::from_arch_string(s).with_context(|| format!("{}: row {}", path.display(), row + 2))?;
+        let s = rec
+            .get(1)
+            .with_context(|| format!("{}: row {}: no arch_str", path.display(), row + 2))?;
+        let arch = Arch::from_arch_string(s)
+            .with_context(|| format!("{}: row {}", path.display(), row + 2))?;
         out.insert(idx, arch);
     }
     Ok(out)
@@ -463,10 +587,20 @@ pub fn ground_truth(dir: &std::path::Path, dataset: &str) -> anyhow::Result<Grou
         other => bail!("no NAS-Bench-201 ground truth for dataset {other:?} (one of cifar10-valid, cifar10, cifar100, imagenet-16-120)"),
     };
     let by_arch = |m: &HashMap<usize, f64>| -> HashMap<Arch, f64> {
-        m.iter().filter_map(|(i, s)| archs.get(i).map(|a| (*a, *s))).collect()
+        m.iter()
+            .filter_map(|(i, s)| archs.get(i).map(|a| (*a, *s)))
+            .collect()
     };
-    let second_seed = if second.is_empty() { None } else { Some(by_arch(&second)) };
-    Ok(GroundTruth { scores: by_arch(&scores), source, second_seed })
+    let second_seed = if second.is_empty() {
+        None
+    } else {
+        Some(by_arch(&second))
+    };
+    Ok(GroundTruth {
+        scores: by_arch(&scores),
+        source,
+        second_seed,
+    })
 }
 
 /// Parameter counts in millions (`params_mb`) by architecture, from the 200-epoch table of
@@ -481,7 +615,9 @@ pub fn params(dir: &std::path::Path, dataset: &str) -> anyhow::Result<HashMap<Ar
     };
     let archs = read_archs(dir)?;
     let t = read_columns(dir, file, &["params_mb"])?;
-    Ok(t.iter().filter_map(|(i, v)| archs.get(i).map(|a| (*a, v[0]))).collect())
+    Ok(t.iter()
+        .filter_map(|(i, v)| archs.get(i).map(|a| (*a, v[0])))
+        .collect())
 }
 
 #[cfg(test)]
@@ -493,10 +629,16 @@ mod tests {
         let s = Nb201::new();
         assert_eq!(s.archset().map(|a| a.len()), Some(15_284));
         // A cell with only `none` into node 3 is excluded; the all-skip cell is included.
-        assert!(!Arch { ops: [1, 1, 0, 1, 0, 0] }.output_reachable());
+        assert!(!Arch {
+            ops: [1, 1, 0, 1, 0, 0]
+        }
+        .output_reachable());
         assert!(Arch { ops: [1; 6] }.output_reachable());
         // Reachable through node 1 only: 0->1 conv, 1->3 skip.
-        assert!(Arch { ops: [3, 0, 0, 0, 1, 0] }.output_reachable());
+        assert!(Arch {
+            ops: [3, 0, 0, 0, 1, 0]
+        }
+        .output_reachable());
     }
 
     #[test]
@@ -507,16 +649,26 @@ mod tests {
         // Edges in key order 0_1 0_2 0_3 1_2 1_3 2_3.
         assert_eq!(a.ops, [4, 2, 2, 1, 1, 1]);
         let j = Nb201::encode(&a);
-        assert_eq!(j.to_string(), r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#);
+        assert_eq!(
+            j.to_string(),
+            r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#
+        );
         assert_eq!(Nb201::decode(&j).unwrap(), a);
         for bad in [
             r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1}"#,
             r#"{"0_1":5,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1}"#,
             r#"{"0_1":4,"0_2":2,"0_3":2,"1_2":1,"1_3":1,"2_3":1,"x":1}"#,
         ] {
-            assert!(Nb201::decode(&serde_json::from_str(bad).unwrap()).is_err(), "{bad}");
+            assert!(
+                Nb201::decode(&serde_json::from_str(bad).unwrap()).is_err(),
+                "{bad}"
+            );
         }
-        for bad in ["|x~0|+|a~0|b~1|+|c~0|d~1|e~2|", "|none~0|", "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|"] {
+        for bad in [
+            "|x~0|+|a~0|b~1|+|c~0|d~1|e~2|",
+            "|none~0|",
+            "|none~1|+|none~0|none~1|+|none~0|none~1|none~2|",
+        ] {
             assert!(Arch::from_arch_string(bad).is_err(), "{bad}");
         }
     }

@@ -45,9 +45,16 @@ impl RecalStream {
                 let perm = data::shuffled(self.indices.len(), self.seed, "recal-order", &[cycle]);
                 cached = Some((cycle, perm));
             }
-            let perm = &cached.as_ref().map(|c| &c.1).ok_or_else(|| anyhow::anyhow!("internal: no permutation"))?;
+            let perm = &cached
+                .as_ref()
+                .map(|c| &c.1)
+                .ok_or_else(|| anyhow::anyhow!("internal: no permutation"))?;
             let pos = ((g % per) as usize) * self.batch_size;
-            order.extend(perm[pos..pos + self.batch_size].iter().map(|&i| self.indices[i]));
+            order.extend(
+                perm[pos..pos + self.batch_size]
+                    .iter()
+                    .map(|&i| self.indices[i]),
+            );
         }
         self.consumed += n as u64;
         Ok(data::batches(
@@ -112,7 +119,11 @@ pub fn score<N: Supernet>(
             let mut r = rng::stream(recal.seed, "recal-dropout", &[recal.consumed]);
             for b in recal.take(steps, device)? {
                 let b = b?;
-                let mut ctx = Ctx { mode: Mode::Recalibrate, drop_path, rng: &mut r };
+                let mut ctx = Ctx {
+                    mode: Mode::Recalibrate,
+                    drop_path,
+                    rng: &mut r,
+                };
                 net.forward(&b.images, arch, &mut ctx)?;
             }
             store.finish_recalibration()?;
@@ -138,7 +149,10 @@ pub fn score<N: Supernet>(
         for b in it {
             let b = b?;
             let mut ctx = Ctx::new(Mode::Eval, &mut r);
-            let logits = net.forward(&b.images.detach(), arch, &mut ctx)?.logits.detach();
+            let logits = net
+                .forward(&b.images.detach(), arch, &mut ctx)?
+                .logits
+                .detach();
             let n = b.labels.dims1()?;
             let loss = nn::loss::cross_entropy(&logits, &b.labels, 0.0)?.to_scalar::<f32>()? as f64;
             let (c, _) = nn::loss::correct_topk(&logits, &b.labels, 1)?;
@@ -149,7 +163,10 @@ pub fn score<N: Supernet>(
         if total == 0 {
             anyhow::bail!("the validation split is empty");
         }
-        Ok(Score { accuracy: correct as f64 / total as f64, loss: loss_sum / total as f64 })
+        Ok(Score {
+            accuracy: correct as f64 / total as f64,
+            loss: loss_sum / total as f64,
+        })
     })();
     let vals: BTreeMap<String, Tensor> = saved.into_iter().collect();
     for (k, v) in store.buffers() {
