@@ -52,7 +52,10 @@ pub fn summary_text(s: &Summary, folder: &Path) -> String {
     }
     if let Some(tricks) = s.tricks.as_object().filter(|o| !o.is_empty()) {
         let names: Vec<&str> = tricks.keys().map(String::as_str).collect();
-        let size = s.train_archset_size.map(|n| format!("   training archset {n}")).unwrap_or_default();
+        let size = s
+            .train_archset_size
+            .map(|n| format!("   training archset {n}"))
+            .unwrap_or_default();
         t.push_str(&format!("tricks     {}{size}\n", names.join(", ")));
     }
     t.push_str(&format!(
