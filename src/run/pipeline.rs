@@ -318,8 +318,7 @@ pub fn run<S: Space>(resolved: &Resolved, mut parts: Parts<S>, dir: &RunDir, dev
             let step = progress.step;
             // Path 0 keeps the single-path stream, so runs without multipath are unchanged.
             let rng_for = |p: usize| if p == 0 { rng::stream(seed, "train-dropout", &[step]) } else { rng::stream(seed, "train-dropout", &[step, p as u64]) };
-            let (loss, outcomes) = multipath::summed_loss(&parts.net, &batch.images, &batch.labels, &paths, parts.net.drop_path(epoch, epochs), rng_for)?;
-            let mut grads = loss.backward()?;
+            let (mut grads, outcomes) = multipath::accumulate(&parts.net, &batch.images, &batch.labels, &paths, parts.net.drop_path(epoch, epochs), &vars, rng_for)?;
             let grad_norm = if train_cfg.grad_clip > 0.0 { Some(clip::clip_grad_norm(&mut grads, &vars, train_cfg.grad_clip)?) } else { None };
             opt.set_lr(lr);
             opt.step(&grads)?;
