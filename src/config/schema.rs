@@ -320,8 +320,8 @@ pub struct PrunedKey {
     pub values: Vec<serde_json::Value>,
 }
 
-/// `multipath`: `paths` architectures trained on the same batch per step, their losses summed
-/// before one backward, one clip and one optimizer step. `fairnas`: the paths are built from
+/// `multipath`: `paths` architectures trained on the same batch per step, their gradients
+/// summed (not averaged), then one clip and one optimizer step. `fairnas`: the paths are built from
 /// per-key permutations so that every choice of every key is used exactly once per step
 /// (needs `paths` = the number of choices of each key).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

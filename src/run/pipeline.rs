@@ -414,15 +414,15 @@ pub fn run<S: Space>(
                     rng::stream(seed, "train-dropout", &[step, p as u64])
                 }
             };
-            let (loss, outcomes) = multipath::summed_loss(
+            let (mut grads, outcomes) = multipath::accumulate(
                 &parts.net,
                 &batch.images,
                 &batch.labels,
                 &paths,
                 parts.net.drop_path(epoch, epochs),
+                &vars,
                 rng_for,
             )?;
-            let mut grads = loss.backward()?;
             let grad_norm = if train_cfg.grad_clip > 0.0 {
                 Some(clip::clip_grad_norm(
                     &mut grads,

@@ -108,12 +108,7 @@ pub fn render(entries: &[Entry], title: &str) -> Result<String> {
             "<tr><td>{}</td><td>{}</td><td>{}</td>",
             escape(&e.point),
             escape(&ov.join(" ")),
-            escape(
-                &serde_json::to_value(e.status)?
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string()
-            )
+            escape(serde_json::to_value(e.status)?.as_str().unwrap_or("?"))
         ));
         for m in METRICS {
             let v = metric(e, m)

@@ -1,5 +1,5 @@
-//! `multipath`: k paths per step on the same batch, their losses summed (not averaged) so that
-//! one backward yields the accumulated gradients, then one clip and one optimizer step.
+//! `multipath`: k paths per step on the same batch, one backward each, their gradients summed
+//! (not averaged, as PyTorch accumulates them), then one clip and one optimizer step.
 //! FairNAS builds the k paths from one random permutation of the choices per key, so each
 //! choice of each key is trained exactly once per step (the paths may fall outside the
 //! archset, as in the reference).
@@ -8,7 +8,8 @@ use crate::nn::{self, Mode};
 use crate::rng::Rng;
 use crate::space::{Ctx, Space, Supernet};
 use anyhow::{Context, Result};
-use candle_core::Tensor;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 use serde_json::{Map, Value};
 
 /// FairNAS paths: per key (in `choices` order) a permutation of its choices; path p takes the
@@ -50,18 +51,25 @@ pub struct PathOutcome {
     pub correct: usize,
 }
 
-/// Runs every path on `images` in training mode and returns the sum of their losses (each the
-/// cross-entropy plus the weighted auxiliary loss) for one backward, with each path's loss and
-/// hits. `rng_for(p)` gives path p's forward RNG (dropout, drop-path, replicate copies).
-pub fn summed_loss<N: Supernet>(
+/// Runs every path on `images` in training mode, one forward and one backward each (the loss:
+/// cross-entropy plus the weighted auxiliary loss), and returns the gradients of `vars` summed
+/// over the paths, with each path's loss and hits. Summing per-path gradients in path order is
+/// what PyTorch's repeated `backward()` before one `step()` does; one path's graph is alive at
+/// a time. A variable no path reached has no entry (it stays "untouched"). `rng_for(p)` gives
+/// path p's forward RNG (dropout, drop-path, replicate copies).
+pub fn accumulate<N: Supernet>(
     net: &N,
     images: &Tensor,
     labels: &Tensor,
     paths: &[N::Arch],
     drop_path: f64,
+    vars: &[Var],
     mut rng_for: impl FnMut(usize) -> Rng,
-) -> Result<(Tensor, Vec<PathOutcome>)> {
-    let mut total: Option<Tensor> = None;
+) -> Result<(GradStore, Vec<PathOutcome>)> {
+    if paths.is_empty() {
+        anyhow::bail!("a training step needs at least one path");
+    }
+    let mut acc = GradStore::default();
     let mut outcomes = Vec::with_capacity(paths.len());
     for (p, arch) in paths.iter().enumerate() {
         let mut r = rng_for(p);
@@ -80,15 +88,18 @@ pub fn summed_loss<N: Supernet>(
             loss: loss.to_scalar::<f32>()? as f64,
             correct,
         });
-        total = Some(match total {
-            None => loss,
-            Some(t) => (t + loss)?,
-        });
+        let mut grads = loss.backward()?;
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                let sum = match acc.remove(v.as_tensor()) {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                };
+                acc.insert(v.as_tensor(), sum);
+            }
+        }
     }
-    Ok((
-        total.context("a training step needs at least one path")?,
-        outcomes,
-    ))
+    Ok((acc, outcomes))
 }
 
 #[cfg(test)]
@@ -161,10 +172,11 @@ mod tests {
         assert_eq!(paths, want);
     }
 
-    /// One backward of the summed loss gives the sum of the per-path gradients: the
-    /// accumulation the reference gets from k backward calls before one step.
+    /// The accumulated gradients are the per-path gradients summed in path order (bit for bit),
+    /// agree with one backward of the summed loss, and exist exactly for the variables some
+    /// path reached.
     #[test]
-    fn summed_loss_accumulates_per_path_gradients() {
+    fn accumulate_sums_per_path_gradients() {
         let dev = Device::Cpu;
         let store = Store::new(&dev);
         let sc = Nb201Space {
@@ -183,59 +195,78 @@ mod tests {
         let space = Nb201::new();
         let mut sr = crate::rng::stream(3, "sample", &[]);
         let paths: Vec<_> = (0..3).map(|_| space.sample(&mut sr)).collect();
+        let vars: Vec<Var> = store.params().into_iter().map(|(_, v)| v).collect();
         let rng_for = |p: usize| crate::rng::stream(0, "t", &[p as u64]);
-        let (total, outs) = summed_loss(&net, &x, &y, &paths, 0.0, rng_for).unwrap();
+        let (acc, outs) = accumulate(&net, &x, &y, &paths, 0.0, &vars, rng_for).unwrap();
         assert_eq!(outs.len(), 3);
-        let sum_of_losses: f64 = outs.iter().map(|o| o.loss).sum();
-        assert!((total.to_scalar::<f32>().unwrap() as f64 - sum_of_losses).abs() < 1e-5);
-        let g_total = total.backward().unwrap();
         let mut per_path = vec![];
+        let mut summed: Option<Tensor> = None;
         for (p, arch) in paths.iter().enumerate() {
-            let (l, _) = summed_loss(&net, &x, &y, std::slice::from_ref(arch), 0.0, |_| {
+            let (g, o) = accumulate(&net, &x, &y, std::slice::from_ref(arch), 0.0, &vars, |_| {
                 rng_for(p)
             })
             .unwrap();
-            per_path.push(l.backward().unwrap());
+            assert_eq!(o[0], outs[p], "path {p}: same loss and hits alone");
+            per_path.push(g);
+            let mut rr = rng_for(p);
+            let out = net
+                .forward(
+                    &x,
+                    arch,
+                    &mut Ctx {
+                        mode: Mode::Train,
+                        drop_path: 0.0,
+                        rng: &mut rr,
+                    },
+                )
+                .unwrap();
+            let l = nn::loss::cross_entropy(&out.logits, &y, 0.0).unwrap();
+            summed = Some(match summed {
+                None => l,
+                Some(s) => (s + l).unwrap(),
+            });
         }
+        let g_sum = summed.unwrap().backward().unwrap();
         let mut checked = 0;
-        for (name, v) in store.params() {
-            let got = g_total.get(v.as_tensor());
-            let parts: Vec<Tensor> = per_path
+        for v in &vars {
+            let parts: Vec<&Tensor> = per_path
                 .iter()
-                .filter_map(|g| g.get(v.as_tensor()).cloned())
+                .filter_map(|g| g.get(v.as_tensor()))
                 .collect();
+            let got = acc.get(v.as_tensor());
             assert_eq!(
                 got.is_some(),
                 !parts.is_empty(),
-                "{name}: touched by the sum iff by some path"
+                "touched by the sum iff by some path"
             );
-            if let Some(got) = got {
-                let mut want = parts[0].zeros_like().unwrap();
-                for p in &parts {
-                    want = (want + p).unwrap();
-                }
-                let diff = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                let scale = want
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_scalar::<f64>()
-                    .unwrap();
-                assert!(diff <= 1e-5 * scale.max(1e-3), "{name}: {diff} vs {scale}");
-                checked += 1;
+            let Some(got) = got else { continue };
+            let mut want = parts[0].clone();
+            for p in &parts[1..] {
+                want = (want + *p).unwrap();
             }
+            let flat = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            assert_eq!(
+                flat(got),
+                flat(&want),
+                "bit-identical to summing per-path gradients in order"
+            );
+            let one = flat(g_sum.get(v.as_tensor()).unwrap());
+            let scale = one.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+            assert!(
+                flat(got)
+                    .iter()
+                    .zip(&one)
+                    .all(|(a, b)| (a - b).abs() <= 1e-5 * scale),
+                "one backward of the summed loss"
+            );
+            checked += 1;
         }
         assert!(checked > 10);
     }
