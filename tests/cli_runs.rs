@@ -289,3 +289,80 @@ fn corrupt_checkpoint_is_refused_and_kept() {
         "{err}"
     );
 }
+
+/// `eval.archs`: every evaluation scores exactly the table's architectures (file order), its
+/// score column is the ground truth, and its other columns ride along as `bench_*`.
+#[test]
+fn eval_archs_table_is_evaluated_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "e");
+    let archs = [
+        r#"{"0_1":3,"0_2":3,"0_3":3,"1_2":3,"1_3":3,"2_3":3}"#,
+        r#"{"0_1":1,"0_2":2,"0_3":0,"1_2":4,"1_3":3,"2_3":1}"#,
+        r#"{"0_1":2,"0_2":1,"0_3":4,"1_2":0,"1_3":1,"2_3":2}"#,
+        r#"{"0_1":4,"0_2":4,"0_3":1,"1_2":3,"1_3":2,"2_3":3}"#,
+    ];
+    let mut csv = String::from("architecture,accuracy,flops\n");
+    for (i, a) in archs.iter().enumerate() {
+        csv.push_str(&format!(
+            "\"{}\",{},{}\n",
+            a.replace('"', "\"\""),
+            90.0 + i as f64,
+            100 + i
+        ));
+    }
+    let table = t.path().join("table.csv");
+    std::fs::write(&table, csv).unwrap();
+    let st = runner()
+        .arg(&cfg)
+        .arg("--set")
+        .arg(format!("eval.archs=\"{}\"", table.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let dir = run_dir(&t.path().join("e"));
+    for epoch in ["0000", "0001", "0003"] {
+        let text = std::fs::read_to_string(dir.join(format!("eval/epoch_{epoch}.csv"))).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let h: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(h.last().map(String::as_str), Some("bench_flops"), "{h:?}");
+        let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            rows.len(),
+            4,
+            "epoch {epoch}: all table rows, every evaluation"
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let a: serde_json::Value = serde_json::from_str(&r[0]).unwrap();
+            let want: serde_json::Value = serde_json::from_str(archs[i]).unwrap();
+            assert_eq!(a, want);
+            assert_eq!(r[4].parse::<f64>().unwrap(), 90.0 + i as f64);
+            assert_eq!(&r[5], (100 + i).to_string().as_str());
+        }
+    }
+    let s = summary(&dir);
+    assert_eq!(s["final_eval"]["num_archs"], 4);
+    assert_eq!(s["final_eval"]["num_with_ground_truth"], 4);
+    assert!(s["ground_truth"]
+        .as_str()
+        .unwrap()
+        .ends_with("table.csv: accuracy"));
+
+    // A row that does not decode fails before training, naming the file and line.
+    std::fs::write(&table, "architecture,accuracy\n\"{\"\"0_1\"\":7}\",1\n").unwrap();
+    let st = runner()
+        .arg(&cfg)
+        .arg("--set")
+        .arg(format!("eval.archs=\"{}\"", table.display()))
+        .arg("--set")
+        .arg("experiment.seed=4")
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("table.csv:2"), "{err}");
+}

@@ -348,6 +348,22 @@ impl Layers {
                     .as_ref()
                     .is_some_and(|p| p.as_os_str().is_empty()),
             ),
+            (
+                "eval.archs",
+                config
+                    .eval
+                    .archs
+                    .as_ref()
+                    .is_some_and(|p| p.as_os_str().is_empty()),
+            ),
+            (
+                "eval.archs_second_seed",
+                config
+                    .eval
+                    .archs_second_seed
+                    .as_ref()
+                    .is_some_and(|p| p.as_os_str().is_empty()),
+            ),
         ];
         if let Some((key, _)) = empty.iter().find(|(_, e)| *e) {
             return Err(ConfigError::Invalid {
@@ -360,6 +376,12 @@ impl Layers {
         config.data.root = resolve(&["data", "root"], &config.data.root);
         if let Some(split_file) = &config.data.split_file {
             config.data.split_file = Some(resolve(&["data", "split_file"], split_file));
+        }
+        if let Some(p) = &config.eval.archs {
+            config.eval.archs = Some(resolve(&["eval", "archs"], p));
+        }
+        if let Some(p) = &config.eval.archs_second_seed {
+            config.eval.archs_second_seed = Some(resolve(&["eval", "archs_second_seed"], p));
         }
         let gt = config.eval.ground_truth.as_str();
         if gt.trim().is_empty() {

@@ -173,6 +173,25 @@ pub struct Eval {
     pub valid_images: usize,
     /// Fraction of evaluated architectures used for top-k overlap.
     pub top_k_fraction: f64,
+    /// A benchmark CSV (`architecture` + score columns, e.g. `benchmarks/darts-cifar10.csv`):
+    /// when set, every evaluation scores exactly its architectures and correlates with its
+    /// `archs_score` column, instead of a sampled validation set and `ground_truth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archs: Option<PathBuf>,
+    /// The score column of `archs`: `auto` (the space's: `accuracy`, PTB `valid_ppl`) or a name.
+    #[serde(default = "auto_string")]
+    pub archs_score: String,
+    /// Evaluate a seeded subset of this many rows of `archs` (0 = all).
+    #[serde(default)]
+    pub archs_limit: usize,
+    /// The same architectures trained with another seed (e.g. `darts-cifar10-seed43.csv`), for
+    /// the noise ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archs_second_seed: Option<PathBuf>,
+}
+
+fn auto_string() -> String {
+    "auto".into()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

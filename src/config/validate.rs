@@ -204,6 +204,19 @@ impl Checker<'_> {
                 ),
             ));
         }
+        if e.archs.is_none() && e.archs_second_seed.is_some() {
+            return Err(self.fail(
+                "eval.archs_second_seed",
+                "eval.archs_second_seed is a second seed of the eval.archs table, but eval.archs is not set".into(),
+            ));
+        }
+        if e.archs_score.trim().is_empty() {
+            return Err(self.fail(
+                "eval.archs_score",
+                "eval.archs_score must be \"auto\" or a column name of eval.archs (got \"\")"
+                    .into(),
+            ));
+        }
         let f = e.top_k_fraction;
         self.float("eval.top_k_fraction", f, f > 0.0 && f <= 1.0, "in (0, 1]")
     }
@@ -431,6 +444,12 @@ impl Checker<'_> {
                 return Err(self.fail(
                     "tricks.focus_branch.metric",
                     "tricks.focus_branch.metric = \"nondominated\" / \"lstsq\" needs the ground truth's parameter counts, but eval.ground_truth = \"none\"".into(),
+                ));
+            }
+            if config.eval.archs.is_some() {
+                return Err(self.fail(
+                    "eval.archs",
+                    "eval.archs fixes the evaluated architectures, but tricks.focus_branch decides on a sampled validation subset of the shrinking archset (remove one of them)".into(),
                 ));
             }
         }

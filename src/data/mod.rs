@@ -13,10 +13,12 @@ pub mod imagenet16;
 pub mod loader;
 pub mod pickle;
 pub mod splits;
+pub mod text;
 
 pub use augment::{Augment, Draws, Normalize};
 pub use build::{build, Split};
 pub use loader::{batches, shuffled, Batch, BatchIter};
+pub use text::read_maybe_gz;
 
 /// Images held in memory as u8, each image C x H x W contiguous, images back to back.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ use super::pipeline::{self, Outcome, Parts};
 use crate::config::{self, DeviceKind, Resolved};
 use crate::nn::Store;
 use crate::rng;
-use crate::space::{nb201, GroundTruth, Space};
+use crate::space::{benchmark, nb201, GroundTruth, Space};
 use crate::tricks::{self, TrickSet};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -102,6 +102,38 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
     Ok(Some(gt))
 }
 
+/// The `eval.archs` table of space `S` (a seeded subset when `eval.archs_limit` is set) and
+/// the ground truth it gives (with `eval.archs_second_seed` for the noise ceiling), or `None`
+/// when `eval.archs` is not set.
+pub fn eval_table<S: Space>(
+    cfg: &config::Config,
+) -> Result<Option<(benchmark::Table<S::Arch>, GroundTruth<S::Arch>)>> {
+    let Some(path) = &cfg.eval.archs else {
+        return Ok(None);
+    };
+    let column = match cfg.eval.archs_score.as_str() {
+        "auto" => S::BENCHMARK_SCORE,
+        c => c,
+    };
+    let table = benchmark::read::<S>(path, column)
+        .context("eval.archs")?
+        .subset(cfg.eval.archs_limit, cfg.experiment.seed);
+    let second = match &cfg.eval.archs_second_seed {
+        Some(p) => Some(benchmark::read::<S>(p, column).context("eval.archs_second_seed")?),
+        None => None,
+    };
+    let gt = table.ground_truth(second.as_ref());
+    tracing::info!("ground truth: {} ({} archs)", gt.source, gt.scores.len());
+    Ok(Some((table, gt)))
+}
+
+fn describe_ground_truth<A>(gt: Option<&GroundTruth<A>>) -> String {
+    match gt {
+        Some(gt) => format!("ground truth: {} ({} archs)\n", gt.source, gt.scores.len()),
+        None => "ground truth: none (correlations unavailable)\n".into(),
+    }
+}
+
 /// Everything `runner check` verifies without training: data, ground truth, the model builds.
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
@@ -119,15 +151,14 @@ pub fn check(resolved: &Resolved) -> Result<String> {
                 "space: nb201, archset of {} cells\n",
                 space.archset().map_or(0, |a| a.len())
             ));
-            let gt = nb201_ground_truth(resolved)?;
-            match &gt {
-                Some(gt) => report.push_str(&format!(
-                    "ground truth: {} ({} archs)\n",
-                    gt.source,
-                    gt.scores.len()
-                )),
-                None => report.push_str("ground truth: none (correlations unavailable)\n"),
-            }
+            let gt = match eval_table::<nb201::Nb201>(cfg)? {
+                Some((t, gt)) => {
+                    report.push_str(&format!("eval.archs: {} architectures\n", t.rows.len()));
+                    Some(gt)
+                }
+                None => nb201_ground_truth(resolved)?,
+            };
+            report.push_str(&describe_ground_truth(gt.as_ref()));
             if !cfg.tricks.is_empty() {
                 let ts = TrickSet::new(&space, cfg, gt.as_ref(), nb201_params(resolved)?)
                     .context("tricks")?;
@@ -148,7 +179,10 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
     let data = crate::data::build(&cfg.data)?;
     match &cfg.space {
         config::Space::Nb201(sc) => {
-            let ground_truth = nb201_ground_truth(resolved)?;
+            let (eval_table, ground_truth) = match eval_table::<nb201::Nb201>(cfg)? {
+                Some((t, gt)) => (Some(t), Some(gt)),
+                None => (None, nb201_ground_truth(resolved)?),
+            };
             let store = Store::new(&device);
             let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
             let copies = tricks::replicate_copies(&cfg.tricks);
@@ -167,6 +201,7 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
                 ground_truth,
                 params,
                 data,
+                eval_table,
             };
             pipeline::run(resolved, parts, dir, &device)
         }

@@ -9,7 +9,7 @@ use crate::config::{Config, Resolved};
 use crate::data::{self, Split};
 use crate::nn::Store;
 use crate::rng;
-use crate::space::{GroundTruth, Space, Supernet};
+use crate::space::{benchmark, GroundTruth, Space, Supernet};
 use crate::train::evaluate::{self, RecalStream, ValidSet};
 use crate::train::{clip, metrics, sgd};
 use crate::tricks::{focus_branch, multipath, TrickSet};
@@ -36,6 +36,9 @@ pub struct Parts<S: Space> {
     /// lstsq metrics).
     pub params: Option<HashMap<S::Arch, f64>>,
     pub data: Split,
+    /// The `eval.archs` benchmark table: when present, every evaluation scores exactly its
+    /// architectures (its scores are then `ground_truth`).
+    pub eval_table: Option<benchmark::Table<S::Arch>>,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -168,17 +171,47 @@ fn evaluate_epoch<S: Space>(
     }
     pb.finish_and_clear();
     let gt = parts.ground_truth.as_ref();
-    let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth\n");
+    // Benchmark columns (FLOPs, params, top-5...) ride along as `bench_<name>`, and the
+    // supernet's own count of FLOPs and params sits next to them where the space has one.
+    let table = parts.eval_table.as_ref();
+    let extra_cols: &[String] = table.map_or(&[], |t| &t.extra_columns);
+    let bench_rows: HashMap<&S::Arch, &benchmark::Row<S::Arch>> = table
+        .map(|t| t.rows.iter().map(|r| (&r.arch, r)).collect())
+        .unwrap_or_default();
+    let with_cost = archs.first().is_some_and(|a| parts.net.cost(a).is_some());
+    let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth");
+    if with_cost {
+        csv.push_str(",flops,params");
+    }
+    for c in extra_cols {
+        csv.push_str(&format!(",{}", csv_field(&format!("bench_{c}"))));
+    }
+    csv.push('\n');
     for ((a, acc), loss) in archs.iter().zip(&accs).zip(&losses) {
         let g = gt
             .and_then(|g| g.scores.get(a))
             .map(|v| v.to_string())
             .unwrap_or_default();
         csv.push_str(&format!(
-            "{},{},{acc},{loss},{g}\n",
+            "{},{},{acc},{loss},{g}",
             csv_field(&S::encode(a).to_string()),
             csv_field(&S::arch_string(a))
         ));
+        if with_cost {
+            match parts.net.cost(a) {
+                Some(c) => csv.push_str(&format!(",{},{}", c.flops, c.params)),
+                None => csv.push_str(",,"),
+            }
+        }
+        for c in extra_cols {
+            let v = bench_rows
+                .get(a)
+                .and_then(|r| r.extra.get(c))
+                .map(String::as_str)
+                .unwrap_or("");
+            csv.push_str(&format!(",{}", csv_field(v)));
+        }
+        csv.push('\n');
     }
     dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
     let (n_gt, [tau, rho, r, topk], k, ceiling) =
@@ -340,7 +373,18 @@ pub fn run<S: Space>(
         seed,
         prefetch: cfg.data.prefetch,
     };
-    let mut archs = tricks.eval_archs(&parts.space, cfg.eval.num_archs);
+    let fixed_archs = parts.eval_table.is_some();
+    let mut archs = match &parts.eval_table {
+        Some(t) => {
+            tracing::info!(
+                "evaluating the {} architectures of {} at every evaluation",
+                t.rows.len(),
+                t.source
+            );
+            t.rows.iter().map(|r| r.arch.clone()).collect()
+        }
+        None => tricks.eval_archs(&parts.space, cfg.eval.num_archs),
+    };
     let n_train = d.train_indices.len();
     let bs = cfg.data.batch_size;
     let mut steps_per_epoch = n_train / bs;
@@ -373,7 +417,11 @@ pub fn run<S: Space>(
     // A resumed run writes a new events file; TensorBoard keeps the later value of a step.
     let mut tb = TbLog::open(&dir.path);
     if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
-        let k = cfg.eval.num_archs_intermediate.min(archs.len());
+        let k = if fixed_archs {
+            archs.len()
+        } else {
+            cfg.eval.num_archs_intermediate.min(archs.len())
+        };
         let (rec, _) =
             evaluate_epoch(&parts, cfg, dir, &archs[..k], &mut recal, &valid, 0, device)?;
         tb.eval(&rec);
@@ -478,7 +526,7 @@ pub fn run<S: Space>(
         let focus = tricks.focus_due(epoch);
         let regular = epoch % cfg.eval.every == 0;
         if regular || last || focus.is_some() {
-            let mut k = if last {
+            let mut k = if last || fixed_archs {
                 archs.len()
             } else if regular {
                 cfg.eval.num_archs_intermediate

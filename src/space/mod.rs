@@ -5,6 +5,7 @@
 //! only the sampled path. The pipeline is generic over [`Space`]; the registry is the single
 //! `match` on `space.kind` in `run`.
 
+pub mod benchmark;
 pub mod nb201;
 
 use crate::nn::Mode;
@@ -21,6 +22,9 @@ pub trait Space: Send + Sync + Sized + 'static {
 
     /// The `space.kind` name.
     const KIND: &'static str;
+
+    /// The score column of the space's benchmark CSV that `eval.archs_score = "auto"` means.
+    const BENCHMARK_SCORE: &'static str = "accuracy";
 
     /// The benchmark JSON object of an architecture (as in `benchmarks/*.csv`).
     fn encode(arch: &Self::Arch) -> serde_json::Value;
@@ -79,6 +83,19 @@ pub trait Supernet {
     fn drop_path(&self, _epoch: usize, _epochs: usize) -> f64 {
         0.0
     }
+
+    /// FLOPs and parameters of `arch` counted the study's way (REFERENCE section 1), for
+    /// spaces whose benchmark CSVs carry them; written next to the benchmark's own columns.
+    fn cost(&self, _arch: &Self::Arch) -> Option<Cost> {
+        None
+    }
+}
+
+/// FLOPs and parameter count of one architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    pub flops: u64,
+    pub params: u64,
 }
 
 /// Ground truth scores by architecture, with a description of where they came from.
