@@ -58,6 +58,7 @@ pub fn nb201() -> Config {
             grad_clip: 0.0,
             unsampled: Unsampled::Pytorch1,
             max_steps: 0,
+            parallel_sampling: false,
         },
         eval: Eval {
             every: 100,

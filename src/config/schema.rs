@@ -133,6 +133,10 @@ pub struct Train {
     pub unsampled: Unsampled,
     /// Stop after this many optimizer steps per epoch (0 = the whole epoch); for smoke runs.
     pub max_steps: usize,
+    /// With `device.gpus` > 1: every rank trains a different sampled architecture in the same
+    /// step (the study's DARTS-CIFAR10 command), instead of all ranks training the same one.
+    #[serde(default)]
+    pub parallel_sampling: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +215,14 @@ pub struct DeviceCfg {
     pub index: usize,
     /// CPU threads for candle and the kernels (0 = all cores).
     pub threads: usize,
+    /// Data-parallel devices (the study: 4 for DARTS-CIFAR10, 8 for ProxylessNAS). The
+    /// learning rate is multiplied by this number, as in the study.
+    #[serde(default = "one")]
+    pub gpus: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for DeviceCfg {
@@ -219,6 +231,7 @@ impl Default for DeviceCfg {
             kind: DeviceKind::Auto,
             index: 0,
             threads: 0,
+            gpus: 1,
         }
     }
 }

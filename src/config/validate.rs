@@ -162,6 +162,7 @@ impl Checker<'_> {
     fn train(&self, config: &Config) -> Result<(), ConfigError> {
         let t = &config.train;
         self.at_least_one("train.epochs", t.epochs)?;
+        self.at_least_one("device.gpus", config.device.gpus)?;
         let lr = t.learning_rate;
         self.float("train.learning_rate", lr, lr > 0.0, "> 0")?;
         self.float("train.ending_lr", t.ending_lr, t.ending_lr >= 0.0, ">= 0")?;

@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 /// Picks the device named by `[device]`.
 pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
+    if cfg.gpus > 1 {
+        bail!(
+            "device.gpus = {}: data-parallel training on several devices is not available in this build (one device only); run on one with --set device.gpus=1 (the learning rate is then not multiplied by {})",
+            cfg.gpus, cfg.gpus
+        );
+    }
     match cfg.kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda => {
@@ -137,6 +143,7 @@ fn describe_ground_truth<A>(gt: Option<&GroundTruth<A>>) -> String {
 /// Everything `runner check` verifies without training: data, ground truth, the model builds.
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
+    device(&cfg.device)?;
     let data = crate::data::build(&cfg.data)?;
     let mut report = format!(
         "data: {} training images, {} validation images, {} classes\n",
