@@ -414,3 +414,42 @@ fn study_experiments_resolve_and_build_their_tricks() {
     let fb = f.tricks.focus_branch.unwrap();
     assert_eq!((f.train.epochs, fb.every, fb.num_archs), (2000, 500, 150));
 }
+
+/// With the NB201 archset in NAS-Bench-201 `arch_index` order (the study's `nb201.pkl` order),
+/// the validation subset is exactly the study's `sorted(RandomState(seed).permutation(n)[:100])`
+/// (fixture computed by NumPy: tests/fixtures/gen_nb201_study_subset.py).
+#[test]
+fn nb201_validation_subset_is_the_studys() {
+    use runner::space::nb201::Nb201;
+    use runner::space::Space;
+    let space = Nb201::in_benchmark_order(&repo().join("benchmarks/nb201")).unwrap();
+    let f: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/nb201_study_subset.json")).unwrap(),
+    )
+    .unwrap();
+    let set = space.archset().unwrap();
+    assert_eq!(set.len(), f["archset_len"].as_u64().unwrap() as usize);
+    assert_eq!(Nb201::arch_string(&set[0]), f["first"].as_str().unwrap());
+    assert_eq!(
+        Nb201::arch_string(&set[set.len() - 1]),
+        f["last"].as_str().unwrap()
+    );
+    for sub in f["subsets"].as_array().unwrap() {
+        let seed = sub["seed"].as_u64().unwrap();
+        let mut cfg = runner::config::defaults::for_kind("nb201").unwrap();
+        cfg.experiment.seed = seed;
+        let ts = runner::tricks::TrickSet::new(&space, &cfg, None, None).unwrap();
+        let got: Vec<String> = ts
+            .eval_archs(&space, 100)
+            .iter()
+            .map(Nb201::arch_string)
+            .collect();
+        let want: Vec<String> = sub["arch_str"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "seed {seed}");
+    }
+}

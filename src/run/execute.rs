@@ -95,6 +95,23 @@ fn nb201_params(resolved: &Resolved) -> Result<Option<HashMap<nb201::Arch, f64>>
     Ok(Some(p))
 }
 
+/// The NB201 space with its archset in the study's order (NAS-Bench-201 `arch_index`, from the
+/// benchmark folder's `archs.csv`); without the tables, in lexicographic order (said in the log).
+fn nb201_space(resolved: &Resolved) -> Result<nb201::Nb201> {
+    let dir = match ground_truth_dir(resolved, "nb201")? {
+        Some(d) if d.is_dir() => Some(d),
+        _ => auto_benchmark_dir(resolved, "nb201"),
+    };
+    if let Some(d) = dir {
+        if crate::data::text::locate(&d.join("archs.csv")).is_some() {
+            return nb201::Nb201::in_benchmark_order(&d)
+                .with_context(|| format!("NB201 archset order from {}", d.display()));
+        }
+    }
+    tracing::warn!("benchmarks/nb201/archs.csv not found: the NB201 archset is in lexicographic order, not the study's (validation architectures and draws differ from the study's for the same seed)");
+    Ok(nb201::Nb201::new())
+}
+
 fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::Arch>>> {
     let cfg = &resolved.config;
     let Some(dir) = ground_truth_dir(resolved, "nb201")? else {
@@ -153,7 +170,7 @@ pub fn check(resolved: &Resolved) -> Result<String> {
     );
     match &cfg.space {
         config::Space::Nb201(_) => {
-            let space = nb201::Nb201::new();
+            let space = nb201_space(resolved)?;
             report.push_str(&format!(
                 "space: nb201, archset of {} cells\n",
                 space.archset().map_or(0, |a| a.len())
@@ -202,7 +219,7 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
             )?;
             let params = nb201_params(resolved)?;
             let parts = Parts {
-                space: nb201::Nb201::new(),
+                space: nb201_space(resolved)?,
                 net,
                 store,
                 ground_truth,

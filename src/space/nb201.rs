@@ -137,6 +137,48 @@ impl Nb201 {
         }
         Self { archset }
     }
+
+    /// The archset in the study's order: NAS-Bench-201's `arch_index` order (its `nb201.pkl`
+    /// was written by walking the API's indices and keeping reachable cells), read from
+    /// `archs.csv` of the benchmark folder `dir`. Training draws, the validation subset and the
+    /// train-split folds index this list, so the order decides which architectures a seed picks.
+    pub fn in_benchmark_order(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let (path, text) = read_table(dir, "archs.csv")?;
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        let mut rows: Vec<(u64, Arch)> = vec![];
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.with_context(|| format!("{}:{line}: malformed CSV", path.display()))?;
+            let (Some(idx), Some(s)) = (rec.get(0), rec.get(1)) else {
+                bail!("{}:{line}: expected arch_index,arch_str", path.display());
+            };
+            let idx: u64 = idx
+                .parse()
+                .with_context(|| format!("{}:{line}: bad arch_index {idx:?}", path.display()))?;
+            let a = Arch::from_arch_string(s)
+                .with_context(|| format!("{}:{line}: bad arch string", path.display()))?;
+            rows.push((idx, a));
+        }
+        rows.sort_by_key(|r| r.0);
+        let archset: Vec<Arch> = rows
+            .into_iter()
+            .map(|r| r.1)
+            .filter(Arch::output_reachable)
+            .collect();
+        let lexicographic = Self::new();
+        let mut a = archset.clone();
+        a.sort_unstable_by_key(|x| x.ops);
+        let mut b = lexicographic.archset.clone();
+        b.sort_unstable_by_key(|x| x.ops);
+        if a != b {
+            bail!(
+                "{}: its reachable cells ({}) are not the 15,284 of NAS-Bench-201",
+                path.display(),
+                archset.len()
+            );
+        }
+        Ok(Self { archset })
+    }
 }
 
 impl Space for Nb201 {

@@ -386,20 +386,17 @@ impl<S: Space> TrickSet<S> {
         }
     }
 
-    /// The validation subset: `sorted(permutation(len)[:k])` of the training archset with a
-    /// stream seeded by the experiment seed (drawn anew from the same seed after each
-    /// focus-branch decision), or `k` draws of the space's sampler when it has no archset.
+    /// The validation subset: the study's `sorted(RandomState(seed).permutation(len)[:k])` of
+    /// the training archset, NumPy's generator reproduced draw for draw (so a seed picks the
+    /// study's architectures when the archset is in the study's order; drawn anew from the same
+    /// seed after each focus-branch decision), or `k` draws of the space's sampler when it has
+    /// no archset.
     pub fn eval_archs(&self, space: &S, k: usize) -> Vec<S::Arch> {
         match self.archset(space) {
-            Some(set) => {
-                let mut pick: Vec<usize> =
-                    crate::data::shuffled(set.len(), self.seed, "eval-archs", &[])
-                        .into_iter()
-                        .take(k)
-                        .collect();
-                pick.sort_unstable();
-                pick.into_iter().map(|i| set[i].clone()).collect()
-            }
+            Some(set) => crate::rng::mt19937::validation_subset(self.seed, set.len(), k)
+                .into_iter()
+                .map(|i| set[i].clone())
+                .collect(),
             None => {
                 let mut r = crate::rng::stream(self.seed, "eval-archs", &[]);
                 (0..k).map(|_| space.sample(&mut r)).collect()

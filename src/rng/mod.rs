@@ -4,6 +4,8 @@
 //! (plus optional indices such as the epoch or batch number). Adding a draw in one place never
 //! shifts another stream, and a stream's position can be saved in a checkpoint and restored.
 
+pub mod mt19937;
+
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
