@@ -125,12 +125,18 @@ fn nb201_ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<nb201::A
     Ok(Some(gt))
 }
 
+/// An `eval.archs` table with the ground truth it gives.
+pub type EvalTable<S> = (
+    benchmark::Table<<S as Space>::Arch>,
+    GroundTruth<<S as Space>::Arch>,
+);
+
 /// The `eval.archs` table of space `S` (a seeded subset when `eval.archs_limit` is set) and
 /// the ground truth it gives (with `eval.archs_second_seed` for the noise ceiling), or `None`
 /// when `eval.archs` is not set.
 pub fn eval_table<S: Space>(
     cfg: &config::Config,
-) -> Result<Option<(benchmark::Table<S::Arch>, GroundTruth<S::Arch>)>> {
+) -> Result<Option<EvalTable<S>>> {
     let Some(path) = &cfg.eval.archs else {
         return Ok(None);
     };
