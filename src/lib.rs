@@ -3,6 +3,7 @@
 //! Layers, bottom up (each uses only those before it): `config` -> `space` + `nn` -> `data` ->
 //! `train` -> `tricks` -> `run` -> `cli`. `rng` (named seeded streams) serves them all.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod data;

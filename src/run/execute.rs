@@ -134,9 +134,7 @@ pub type EvalTable<S> = (
 /// The `eval.archs` table of space `S` (a seeded subset when `eval.archs_limit` is set) and
 /// the ground truth it gives (with `eval.archs_second_seed` for the noise ceiling), or `None`
 /// when `eval.archs` is not set.
-pub fn eval_table<S: Space>(
-    cfg: &config::Config,
-) -> Result<Option<EvalTable<S>>> {
+pub fn eval_table<S: Space>(cfg: &config::Config) -> Result<Option<EvalTable<S>>> {
     let Some(path) = &cfg.eval.archs else {
         return Ok(None);
     };
