@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod nn;
