@@ -5,12 +5,16 @@ use super::schema::*;
 use std::path::PathBuf;
 
 /// The spaces runner knows, by `space.kind`.
-pub const SPACE_KINDS: &[&str] = &["nb201"];
+pub const SPACE_KINDS: &[&str] = &["nb101", "nb201", "darts", "ptb", "proxyless"];
 
 /// The full default configuration of a space kind, or `None` for an unknown kind.
 pub fn for_kind(kind: &str) -> Option<Config> {
     match kind {
+        "nb101" => Some(nb101()),
         "nb201" => Some(nb201()),
+        "darts" => Some(darts()),
+        "ptb" => Some(ptb()),
+        "proxyless" => Some(proxyless()),
         _ => None,
     }
 }
@@ -46,6 +50,8 @@ pub fn nb201() -> Config {
             augment: true,
             cutout: 0,
             prefetch: 4,
+            text: None,
+            imagenet: None,
         },
         train: Train {
             epochs: 200,
@@ -59,6 +65,10 @@ pub fn nb201() -> Config {
             unsampled: Unsampled::Pytorch1,
             max_steps: 0,
             parallel_sampling: false,
+            label_smoothing: 0.0,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0,
+            asgd: None,
         },
         eval: Eval {
             every: 100,
@@ -81,4 +91,140 @@ pub fn nb201() -> Config {
         device: DeviceCfg::default(),
         tricks: Tricks::default(),
     }
+}
+
+/// NAS-Bench-101 (1Shot1 space 3): SGD lr 0.1 momentum 0.9 wd 1e-4 (no Nesterov), clip 5,
+/// batch 256, 108 epochs, BN recalibration 25 x 400, evaluation every 12 epochs on 300
+/// architectures, CIFAR-10 40k/10k.
+pub fn nb101() -> Config {
+    let mut c = nb201();
+    c.experiment.name = "nb101".into();
+    c.space = Space::Nb101(Nb101Space {
+        channels: 128,
+        stacks: 3,
+        cells_per_stack: 3,
+        bn_momentum: 0.003,
+        bn_eps: 1e-5,
+    });
+    c.data.split = "40k".into();
+    c.train.epochs = 108;
+    c.train.nesterov = false;
+    c.train.weight_decay = 1e-4;
+    c.train.grad_clip = 5.0;
+    c.eval.every = 12;
+    c.eval.num_archs = 300;
+    c.eval.num_archs_intermediate = 300;
+    c.eval.bn_recalibration = BnRecalibration {
+        steps: 25,
+        batch_size: 400,
+    };
+    c
+}
+
+/// DARTS-CIFAR10: C = 36, 20 cells, auxiliary head 0.4, drop-path 0.2, cutout 16, batch 128,
+/// SGD lr 0.025 momentum 0.9 wd 3e-4 (no Nesterov), clip 5, 600 epochs, BN recalibration
+/// 100 x 200, 32 architectures at every evaluation, evaluation every 50 epochs, split 40k.
+pub fn darts() -> Config {
+    let mut c = nb201();
+    c.experiment.name = "darts".into();
+    c.space = Space::Darts(DartsSpace {
+        channels: 36,
+        layers: 20,
+        auxiliary_weight: 0.4,
+        drop_path: 0.2,
+    });
+    c.data.split = "40k".into();
+    c.data.batch_size = 128;
+    c.data.eval_batch_size = 128;
+    c.data.cutout = 16;
+    c.train.epochs = 600;
+    c.train.learning_rate = 0.025;
+    c.train.nesterov = false;
+    c.train.weight_decay = 3e-4;
+    c.train.grad_clip = 5.0;
+    c.eval.every = 50;
+    c.eval.num_archs = 32;
+    c.eval.num_archs_intermediate = 32;
+    c.eval.bn_recalibration = BnRecalibration {
+        steps: 100,
+        batch_size: 200,
+    };
+    c
+}
+
+/// DARTS-PTB: embedding and hidden 850, SGD lr 40 momentum 0 wd 8e-7, clip 0.1, batch 256,
+/// bptt 35 (evaluation batch 10), 3000 epochs, ASGD after 5 evaluations without improvement,
+/// 10 architectures, evaluation every 5 epochs, no evaluation before training, no BN.
+pub fn ptb() -> Config {
+    let mut c = nb201();
+    c.experiment.name = "ptb".into();
+    c.space = Space::Ptb(PtbSpace {
+        embedding: 850,
+        hidden: 850,
+    });
+    c.data.dataset = Dataset::Ptb;
+    c.data.root = PathBuf::from("data/ptb");
+    c.data.split = "ptb".into();
+    c.data.augment = false;
+    c.data.batch_size = 256;
+    c.data.eval_batch_size = 10;
+    c.data.text = Some(TextData { bptt: 35 });
+    c.train.epochs = 3000;
+    c.train.learning_rate = 40.0;
+    c.train.momentum = 0.0;
+    c.train.nesterov = false;
+    c.train.weight_decay = 8e-7;
+    c.train.grad_clip = 0.1;
+    c.train.asgd = Some(Asgd {
+        patience: 5,
+        t0: 0.0,
+        lambda: 0.0,
+    });
+    c.eval.every = 5;
+    c.eval.num_archs = 10;
+    c.eval.num_archs_intermediate = 10;
+    c.eval.at_start = false;
+    c.eval.bn_recalibration = BnRecalibration {
+        steps: 0,
+        batch_size: 1,
+    };
+    c
+}
+
+/// ProxylessNAS: width 1.35, BN momentum 0.1 eps 1e-3, ImageNet `augment` split, batch 128,
+/// SGD lr 0.025 momentum 0.9 wd 5e-5 (Nesterov as the reference), label smoothing 0.1,
+/// 5 warm-up epochs then cosine, 300 epochs, BN recalibration 100 x 200, 300 architectures,
+/// no evaluation before training.
+pub fn proxyless() -> Config {
+    let mut c = nb201();
+    c.experiment.name = "proxyless".into();
+    c.space = Space::Proxyless(ProxylessSpace {
+        width_mult: 1.35,
+        bn_momentum: 0.1,
+        bn_eps: 1e-3,
+    });
+    c.data.dataset = Dataset::Imagenet;
+    c.data.root = PathBuf::from("data/imagenet");
+    c.data.split = "augment".into();
+    c.data.batch_size = 128;
+    c.data.eval_batch_size = 128;
+    c.data.imagenet = Some(ImagenetData {
+        image_size: 224,
+        resize: 256,
+    });
+    c.train.epochs = 300;
+    c.train.learning_rate = 0.025;
+    c.train.weight_decay = 5e-5;
+    c.train.label_smoothing = 0.1;
+    c.train.schedule = Schedule::WarmupCosine;
+    c.train.warmup_epochs = 5;
+    c.eval.every = 10;
+    c.eval.num_archs = 300;
+    c.eval.num_archs_intermediate = 300;
+    c.eval.at_start = false;
+    c.eval.bn_recalibration = BnRecalibration {
+        steps: 100,
+        batch_size: 200,
+    };
+    c
 }

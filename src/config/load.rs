@@ -323,7 +323,11 @@ impl Layers {
         space.remove("kind");
         let inner = Figment::from(figment::providers::Serialized::defaults(space));
         let result = match self.kind.as_str() {
+            "nb101" => inner.extract::<super::schema::Nb101Space>().map(|_| ()),
             "nb201" => inner.extract::<super::schema::Nb201Space>().map(|_| ()),
+            "darts" => inner.extract::<super::schema::DartsSpace>().map(|_| ()),
+            "ptb" => inner.extract::<super::schema::PtbSpace>().map(|_| ()),
+            "proxyless" => inner.extract::<super::schema::ProxylessSpace>().map(|_| ()),
             _ => Ok(()),
         };
         result.map_err(|mut e| {
@@ -888,6 +892,7 @@ mod tests {
     fn nb201(c: &Config) -> &crate::config::Nb201Space {
         match &c.space {
             Space::Nb201(s) => s,
+            other => panic!("expected an nb201 space, got {}", other.kind()),
         }
     }
 
@@ -1231,16 +1236,16 @@ mod tests {
         assert_eq!(
             err_of("[space]\nkind = \"nb201\"\n[data]\ndataset = \"cifar-100\"\n"),
             "x.toml:4: data.dataset: unknown value 'cifar-100' (expected one of: \
-             cifar10, cifar100, imagenet16-120) (did you mean 'cifar100'?)"
+             cifar10, cifar100, imagenet16-120, ptb, imagenet) (did you mean 'cifar100'?)"
         );
         assert_eq!(
             err_of("[space]\nkind = \"nb210\"\n"),
-            "x.toml:2: space.kind: unknown value 'nb210' (expected one of: nb201) \
-             (did you mean 'nb201'?)"
+            "x.toml:2: space.kind: unknown value 'nb210' (expected one of: nb101, nb201, \
+             darts, ptb, proxyless) (did you mean 'nb201'?)"
         );
         assert_eq!(
             err_of("[train]\nepochs = 3\n"),
-            "x.toml: space.kind is required (one of: nb201)"
+            "x.toml: space.kind is required (one of: nb101, nb201, darts, ptb, proxyless)"
         );
         let err = load_str(MINIMAL, Path::new("x.toml"), &sets(&["space.kind=nb2001"]))
             .unwrap_err()
@@ -1248,7 +1253,7 @@ mod tests {
         assert_eq!(
             err,
             "--set space.kind=nb2001: space.kind: unknown value 'nb2001' \
-             (expected one of: nb201) (did you mean 'nb201'?)"
+             (expected one of: nb101, nb201, darts, ptb, proxyless) (did you mean 'nb201'?)"
         );
     }
 

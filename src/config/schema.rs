@@ -46,15 +46,51 @@ pub struct Experiment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Space {
+    Nb101(Nb101Space),
     Nb201(Nb201Space),
+    Darts(DartsSpace),
+    Ptb(PtbSpace),
+    Proxyless(ProxylessSpace),
 }
 
 impl Space {
     pub fn kind(&self) -> &'static str {
         match self {
+            Space::Nb101(_) => "nb101",
             Space::Nb201(_) => "nb201",
+            Space::Darts(_) => "darts",
+            Space::Ptb(_) => "ptb",
+            Space::Proxyless(_) => "proxyless",
         }
     }
+
+    /// The datasets a space's supernet can take (checked before any work starts).
+    pub fn datasets(&self) -> &'static [Dataset] {
+        match self {
+            Space::Nb101(_) | Space::Darts(_) => &[Dataset::Cifar10],
+            Space::Nb201(_) => &[Dataset::Cifar10, Dataset::Cifar100, Dataset::ImageNet16_120],
+            Space::Ptb(_) => &[Dataset::Ptb],
+            Space::Proxyless(_) => &[Dataset::Imagenet],
+        }
+    }
+}
+
+// Each space's own table. One block per space: a space's fields, defaults (`defaults.rs`) and
+// checks (`validate.rs`) change together and nowhere else.
+
+/// NAS-Bench-101 (NAS-Bench-1Shot1 space 3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nb101Space {
+    /// Output channels of the stem (128 in NAS-Bench-101); doubled before stacks 2 and 3.
+    pub channels: usize,
+    /// Stacks of cells (3).
+    pub stacks: usize,
+    /// Cells per stack (3).
+    pub cells_per_stack: usize,
+    /// BatchNorm momentum (PyTorch convention; NAS-Bench-101's TensorFlow decay 0.997).
+    pub bn_momentum: f64,
+    pub bn_eps: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +102,40 @@ pub struct Nb201Space {
     pub cells_per_stage: usize,
     /// BatchNorm momentum (PyTorch convention).
     pub bn_momentum: f64,
+}
+
+/// DARTS-CIFAR10.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DartsSpace {
+    /// Initial channels C (36); the stem has 3C.
+    pub channels: usize,
+    /// Cells (20); reduction cells at layers / 3 and 2 * layers / 3.
+    pub layers: usize,
+    /// Weight of the auxiliary head's loss in training (0 = no auxiliary head).
+    pub auxiliary_weight: f64,
+    /// Final drop-path probability; the probability at epoch e is drop_path * e / epochs.
+    pub drop_path: f64,
+}
+
+/// DARTS-PTB: the recurrent cell language model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtbSpace {
+    /// Embedding size (850), tied to the decoder.
+    pub embedding: usize,
+    /// Hidden size (850).
+    pub hidden: usize,
+}
+
+/// ProxylessNAS (ImageNet, MBConv choices).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxylessSpace {
+    /// Width multiplier (1.35).
+    pub width_mult: f64,
+    pub bn_momentum: f64,
+    pub bn_eps: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,6 +167,30 @@ pub struct Data {
     pub cutout: usize,
     /// Batches prepared ahead by the loader thread.
     pub prefetch: usize,
+    /// `[data.text]`: the PTB corpus options (only with `dataset = "ptb"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextData>,
+    /// `[data.imagenet]`: the ImageNet file-list options (only with `dataset = "imagenet"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imagenet: Option<ImagenetData>,
+}
+
+/// `[data.text]`: language-model data (DARTS-PTB).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextData {
+    /// Mean training sequence length (35); evaluation uses it as the fixed length.
+    pub bptt: usize,
+}
+
+/// `[data.imagenet]`: ImageNet read through the study's file lists (ProxylessNAS).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagenetData {
+    /// Training crop size (224).
+    pub image_size: usize,
+    /// Evaluation: the shorter side is resized to this, then centre-cropped to `image_size`.
+    pub resize: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +208,10 @@ pub enum Dataset {
     Cifar100,
     #[serde(rename = "imagenet16-120")]
     ImageNet16_120,
+    /// Penn Treebank (the DARTS-PTB space).
+    Ptb,
+    /// ImageNet from file lists (the ProxylessNAS space).
+    Imagenet,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,6 +235,57 @@ pub struct Train {
     /// step (the study's DARTS-CIFAR10 command), instead of all ranks training the same one.
     #[serde(default)]
     pub parallel_sampling: bool,
+    /// Label smoothing of the training loss: `eps / (K - 1)` on every wrong class, `1 - eps` on
+    /// the right one (the study's ProxylessNAS; 0 = off).
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub label_smoothing: f64,
+    /// The learning-rate schedule.
+    #[serde(default, skip_serializing_if = "Schedule::is_cosine")]
+    pub schedule: Schedule,
+    /// With `schedule = "warmup-cosine"`: epochs of linear warm-up (ProxylessNAS: 5).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub warmup_epochs: usize,
+    /// `[train.asgd]`: switch from SGD to averaged SGD when the validation score stops
+    /// improving (DARTS-PTB only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asgd: Option<Asgd>,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
+}
+
+/// Learning-rate schedules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Cosine annealing per step from `learning_rate` to `ending_lr` (NB101, NB201, DARTS, PTB).
+    #[default]
+    Cosine,
+    /// ProxylessNAS: set before each step at the fractional epoch; linear warm-up over
+    /// `warmup_epochs` from `learning_rate` to `learning_rate * world size`, then a cosine to 0.
+    WarmupCosine,
+}
+
+impl Schedule {
+    pub fn is_cosine(&self) -> bool {
+        *self == Schedule::Cosine
+    }
+}
+
+/// `[train.asgd]`: DARTS-PTB's switch to averaged SGD.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asgd {
+    /// Evaluations without improvement of the mean validation perplexity before switching (5).
+    pub patience: usize,
+    /// ASGD's t0 (0) and lambda (0), as in `torch.optim.ASGD`.
+    pub t0: f64,
+    pub lambda: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

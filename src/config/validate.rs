@@ -8,7 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::errors::{ConfigError, Place};
-use super::schema::{Config, Dataset, FocusMetric, Pruned, Space, SplitKind, TRICKS};
+use super::schema::{Config, Dataset, FocusMetric, Pruned, Schedule, Space, SplitKind, TRICKS};
 use super::suggest;
 
 /// Values `data.split` accepts.
@@ -19,6 +19,9 @@ pub const SPLITS: &[&str] = &[
     "cifar10",
     "cifar100",
     "imagenet-16-120",
+    "ptb",
+    "augment",
+    "train",
     "custom",
 ];
 
@@ -99,16 +102,57 @@ impl Checker<'_> {
     }
 
     fn space(&self, config: &Config) -> Result<(), ConfigError> {
+        let dataset = config.data.dataset;
+        if !config.space.datasets().contains(&dataset) {
+            let names: Vec<&str> = config
+                .space
+                .datasets()
+                .iter()
+                .map(|d| dataset_name(*d))
+                .collect();
+            return Err(self.fail(
+                "data.dataset",
+                format!(
+                    "space {} cannot take data.dataset = \"{}\" (it takes {})",
+                    config.space.kind(),
+                    dataset_name(dataset),
+                    names.join(", ")
+                ),
+            ));
+        }
+        let momentum =
+            |key: &str, m: f64| self.float(key, m, (0.0..=1.0).contains(&m), "in [0, 1]");
+        let eps = |key: &str, e: f64| self.float(key, e, e > 0.0, "> 0");
         match &config.space {
+            Space::Nb101(s) => {
+                self.at_least_one("space.channels", s.channels)?;
+                self.at_least_one("space.stacks", s.stacks)?;
+                self.at_least_one("space.cells_per_stack", s.cells_per_stack)?;
+                momentum("space.bn_momentum", s.bn_momentum)?;
+                eps("space.bn_eps", s.bn_eps)
+            }
             Space::Nb201(s) => {
                 self.at_least_one("space.channels", s.channels)?;
                 self.at_least_one("space.cells_per_stage", s.cells_per_stage)?;
-                self.float(
-                    "space.bn_momentum",
-                    s.bn_momentum,
-                    (0.0..=1.0).contains(&s.bn_momentum),
-                    "in [0, 1]",
-                )
+                momentum("space.bn_momentum", s.bn_momentum)
+            }
+            Space::Darts(s) => {
+                self.at_least_one("space.channels", s.channels)?;
+                self.at_least_one("space.layers", s.layers)?;
+                let w = s.auxiliary_weight;
+                self.float("space.auxiliary_weight", w, w >= 0.0, ">= 0")?;
+                let p = s.drop_path;
+                self.float("space.drop_path", p, (0.0..1.0).contains(&p), "in [0, 1)")
+            }
+            Space::Ptb(s) => {
+                self.at_least_one("space.embedding", s.embedding)?;
+                self.at_least_one("space.hidden", s.hidden)
+            }
+            Space::Proxyless(s) => {
+                let w = s.width_mult;
+                self.float("space.width_mult", w, w > 0.0, "> 0")?;
+                momentum("space.bn_momentum", s.bn_momentum)?;
+                eps("space.bn_eps", s.bn_eps)
             }
         }
     }
@@ -139,6 +183,8 @@ impl Checker<'_> {
             "cifar100" => Some(Dataset::Cifar100),
             "imagenet-16-120" => Some(Dataset::ImageNet16_120),
             "40k" | "50k" | "cifar10" | "cifar10-valid" => Some(Dataset::Cifar10),
+            "ptb" => Some(Dataset::Ptb),
+            "augment" | "train" => Some(Dataset::Imagenet),
             _ => None,
         };
         if let Some(needed) = needs {
@@ -156,7 +202,43 @@ impl Checker<'_> {
         }
         self.at_least_one("data.batch_size", d.batch_size)?;
         self.at_least_one("data.eval_batch_size", d.eval_batch_size)?;
-        self.at_least_one("data.prefetch", d.prefetch)
+        self.at_least_one("data.prefetch", d.prefetch)?;
+        // Dataset-specific sub-tables: present exactly for their dataset (the space defaults
+        // provide them), so a stray table is a mistake worth naming.
+        let sub: [(&str, bool, Dataset); 2] = [
+            ("data.text", d.text.is_some(), Dataset::Ptb),
+            ("data.imagenet", d.imagenet.is_some(), Dataset::Imagenet),
+        ];
+        for (key, present, owner) in sub {
+            if present != (d.dataset == owner) {
+                let message = if present {
+                    format!(
+                        "{key} is only for data.dataset = \"{}\" (got \"{}\")",
+                        dataset_name(owner),
+                        dataset_name(d.dataset)
+                    )
+                } else {
+                    format!("data.dataset = \"{}\" needs {key}", dataset_name(owner))
+                };
+                return Err(self.fail(key, message));
+            }
+        }
+        if let Some(t) = &d.text {
+            self.at_least_one("data.text.bptt", t.bptt)?;
+        }
+        if let Some(i) = &d.imagenet {
+            self.at_least_one("data.imagenet.image_size", i.image_size)?;
+            if i.resize < i.image_size {
+                return Err(self.fail(
+                    "data.imagenet.resize",
+                    format!(
+                        "data.imagenet.resize must be >= data.imagenet.image_size (got {} < {})",
+                        i.resize, i.image_size
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn train(&self, config: &Config) -> Result<(), ConfigError> {
@@ -186,7 +268,35 @@ impl Checker<'_> {
         }
         let wd = t.weight_decay;
         self.float("train.weight_decay", wd, wd >= 0.0, ">= 0")?;
-        self.float("train.grad_clip", t.grad_clip, t.grad_clip >= 0.0, ">= 0")
+        self.float("train.grad_clip", t.grad_clip, t.grad_clip >= 0.0, ">= 0")?;
+        let ls = t.label_smoothing;
+        self.float(
+            "train.label_smoothing",
+            ls,
+            (0.0..1.0).contains(&ls),
+            "in [0, 1)",
+        )?;
+        if t.warmup_epochs > 0 && t.schedule != Schedule::WarmupCosine {
+            return Err(self.fail(
+                "train.warmup_epochs",
+                "train.warmup_epochs needs train.schedule = \"warmup-cosine\"".into(),
+            ));
+        }
+        if let Some(a) = &t.asgd {
+            if config.space.kind() != "ptb" {
+                return Err(self.fail(
+                    "train.asgd",
+                    format!(
+                        "train.asgd is DARTS-PTB's switch to averaged SGD; space {} has none",
+                        config.space.kind()
+                    ),
+                ));
+            }
+            self.at_least_one("train.asgd.patience", a.patience)?;
+            self.float("train.asgd.t0", a.t0, a.t0 >= 0.0, ">= 0")?;
+            self.float("train.asgd.lambda", a.lambda, a.lambda >= 0.0, ">= 0")?;
+        }
+        Ok(())
     }
 
     fn eval(&self, config: &Config) -> Result<(), ConfigError> {
@@ -464,12 +574,12 @@ pub fn dataset_name(d: Dataset) -> &'static str {
         Dataset::Cifar10 => "cifar10",
         Dataset::Cifar100 => "cifar100",
         Dataset::ImageNet16_120 => "imagenet16-120",
+        Dataset::Ptb => "ptb",
+        Dataset::Imagenet => "imagenet",
     }
 }
 
-// Written for spaces to come: with one variant today the space patterns are irrefutable.
 #[cfg(test)]
-#[allow(irrefutable_let_patterns)]
 mod tests {
     use super::*;
     use crate::config::defaults;
@@ -638,13 +748,49 @@ mod tests {
     }
 
     #[test]
+    fn every_space_default_passes_and_spaces_refuse_foreign_datasets() {
+        for kind in defaults::SPACE_KINDS {
+            let mut c = defaults::for_kind(kind).unwrap();
+            assert_eq!(validate(&mut c, &at), Ok(()), "{kind}");
+        }
+        let mut c = defaults::ptb();
+        c.data.dataset = Dataset::Cifar10;
+        c.data.split = "40k".into();
+        c.data.text = None;
+        assert_eq!(
+            validate(&mut c, &at).map_err(|e| e.to_string()),
+            Err(
+                "x.toml:12: space ptb cannot take data.dataset = \"cifar10\" (it takes ptb)".into()
+            )
+        );
+        let mut c = defaults::nb201();
+        c.data.text = Some(crate::config::TextData { bptt: 35 });
+        let e = validate(&mut c, &at).unwrap_err().to_string();
+        assert!(
+            e.contains("data.text is only for data.dataset = \"ptb\""),
+            "{e}"
+        );
+        let mut c = defaults::darts();
+        c.train.asgd = defaults::ptb().train.asgd;
+        let e = validate(&mut c, &at).unwrap_err().to_string();
+        assert!(e.contains("train.asgd is DARTS-PTB's"), "{e}");
+        let mut c = defaults::nb201();
+        c.train.warmup_epochs = 5;
+        let e = validate(&mut c, &at).unwrap_err().to_string();
+        assert!(
+            e.contains("needs train.schedule = \"warmup-cosine\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn splits_and_datasets() {
         assert_eq!(
             check(|c| c.data.split = "cifar10valid".into()),
             Err(
                 "x.toml:10: data.split: unknown value 'cifar10valid' (expected one of: \
-                 40k, 50k, cifar10-valid, cifar10, cifar100, imagenet-16-120, custom) \
-                 (did you mean 'cifar10-valid'?)"
+                 40k, 50k, cifar10-valid, cifar10, cifar100, imagenet-16-120, ptb, augment, \
+                 train, custom) (did you mean 'cifar10-valid'?)"
                     .into()
             )
         );
@@ -652,7 +798,8 @@ mod tests {
             check(|c| c.data.split = "mnist".into()),
             Err(
                 "x.toml:10: data.split: unknown value 'mnist' (expected one of: \
-                 40k, 50k, cifar10-valid, cifar10, cifar100, imagenet-16-120, custom)"
+                 40k, 50k, cifar10-valid, cifar10, cifar100, imagenet-16-120, ptb, augment, \
+                 train, custom)"
                     .into()
             )
         );

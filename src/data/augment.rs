@@ -26,6 +26,14 @@ impl Normalize {
         Self::from_255([122.68, 116.66, 104.01], [63.22, 61.26, 65.09])
     }
 
+    /// ImageNet's constants (torchvision's, used by ProxylessNAS).
+    pub fn imagenet() -> Self {
+        Self {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
     /// DARTS's CIFAR-10 constants (used by the study's 40k / 50k splits).
     pub fn darts() -> Self {
         Self {

@@ -28,6 +28,9 @@ pub fn num_classes(d: Dataset) -> usize {
         Dataset::Cifar10 => 10,
         Dataset::Cifar100 => 100,
         Dataset::ImageNet16_120 => imagenet16::NUM_CLASSES,
+        Dataset::Imagenet => 1000,
+        // A language model's "classes" are its vocabulary, which comes from the corpus.
+        Dataset::Ptb => 0,
     }
 }
 
@@ -37,6 +40,7 @@ pub fn nb201_normalize(d: Dataset) -> Normalize {
         Dataset::Cifar10 => Normalize::nb201_cifar10(),
         Dataset::Cifar100 => Normalize::nb201_cifar100(),
         Dataset::ImageNet16_120 => Normalize::nb201_imagenet16(),
+        Dataset::Imagenet | Dataset::Ptb => Normalize::imagenet(),
     }
 }
 
@@ -433,6 +437,8 @@ mod tests {
             augment: true,
             cutout: 0,
             prefetch: 1,
+            text: None,
+            imagenet: None,
         }
     }
 

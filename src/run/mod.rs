@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod plot;
 pub mod records;
 pub mod report;
+pub mod setup;
 pub mod show;
 pub mod sweep;
 pub mod sweep_report;

@@ -27,9 +27,9 @@ pub struct Outcome {
 }
 
 /// The pieces a space hands to the pipeline.
-pub struct Parts<S: Space> {
+pub struct Parts<S: Space, N: Supernet<Arch = S::Arch>> {
     pub space: S,
-    pub net: S::Net,
+    pub net: N,
     pub store: Store,
     pub ground_truth: Option<GroundTruth<S::Arch>>,
     /// Ground-truth parameter counts, when a trick needs them (focus-branch's nondominated and
@@ -133,8 +133,8 @@ fn csv_field(s: &str) -> String {
 /// Scores `archs` at `epoch`, writes `eval/epoch_NNNN.csv`, returns the record and the
 /// accuracy of each architecture.
 #[allow(clippy::too_many_arguments)]
-fn evaluate_epoch<S: Space>(
-    parts: &Parts<S>,
+fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
+    parts: &Parts<S, N>,
     cfg: &Config,
     dir: &RunDir,
     archs: &[S::Arch],
@@ -231,6 +231,7 @@ fn evaluate_epoch<S: Space>(
         top_k_overlap: topk,
         top_k: k,
         ground_truth_seed_tau: ceiling,
+        ..Default::default()
     };
     let mut line = serde_json::to_value(&rec)?;
     if let Some(o) = line.as_object_mut() {
@@ -261,9 +262,9 @@ fn param_vars(store: &Store) -> Vec<Var> {
 }
 
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
-pub fn run<S: Space>(
+pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     resolved: &Resolved,
-    mut parts: Parts<S>,
+    mut parts: Parts<S, N>,
     dir: &RunDir,
     device: &Device,
 ) -> Result<Outcome> {
@@ -339,6 +340,7 @@ pub fn run<S: Space>(
         std::fs::remove_file(dir.file("metrics.jsonl"))
             .with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
     }
+    let resumed = latest.exists();
     let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
     if cfg.tricks.focus_branch.is_some() {
         write_decisions(dir, tricks.decisions())?;
@@ -383,7 +385,16 @@ pub fn run<S: Space>(
             );
             t.rows.iter().map(|r| r.arch.clone()).collect()
         }
-        None => tricks.eval_archs(&parts.space, cfg.eval.num_archs),
+        None => {
+            let archs = tricks.eval_archs(&parts.space, cfg.eval.num_archs);
+            if tricks.archset(&parts.space).is_none() && !resumed {
+                // Training sampling continues the stream the validation draws came from (a
+                // resumed run restored the stream's later position from its checkpoint).
+                tricks.draw_eval_archs(&parts.space, cfg.eval.num_archs, &mut sample_rng);
+                progress.sample_rng = rng::save_state(&sample_rng);
+            }
+            archs
+        }
     };
     let n_train = d.train_indices.len();
     let bs = cfg.data.batch_size;

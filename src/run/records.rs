@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Correlations between supernet scores and ground truth at one evaluation. Non-finite values
 /// (an undefined correlation, e.g. all scores equal) are written as JSON `null`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub epoch: usize,
     pub num_archs: usize,
@@ -26,6 +26,18 @@ pub struct EvalRecord {
     /// Kendall tau between two training seeds of the ground truth on the same architectures
     /// (the noise ceiling), where the benchmark has a second seed.
     pub ground_truth_seed_tau: Option<f64>,
+    /// Mean top-5 accuracy (ProxylessNAS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_top5_accuracy: Option<f64>,
+    /// Perplexity over the architectures (DARTS-PTB, whose score is perplexity: the
+    /// correlations are then of perplexity against the benchmark's perplexity, and the
+    /// accuracy fields hold next-token top-1 accuracy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_perplexity: Option<f64>,
 }
 
 /// Everything needed to continue a run exactly where its checkpoint left it.

@@ -142,6 +142,11 @@ fn show_run(dir: &Path, label: &str, opts: &ShowOptions) -> Result<String> {
             top_k_overlap: None,
             top_k: 0,
             ground_truth_seed_tau: None,
+            // Optional fields are listed only when set: set them so that they are known.
+            mean_top5_accuracy: Some(0.0),
+            mean_perplexity: Some(0.0),
+            min_perplexity: Some(0.0),
+            max_perplexity: Some(0.0),
         })? {
             Value::Object(m) => m.keys().cloned().collect(),
             _ => vec![],

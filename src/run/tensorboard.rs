@@ -619,6 +619,7 @@ mod tests {
             top_k_overlap: None,
             top_k: 1,
             ground_truth_seed_tau: None,
+            ..Default::default()
         };
         log.eval(&rec);
         drop(log);

@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 
-/// A search space over image classifiers.
+/// A search space: its typed architectures, their benchmark encoding and sampling. The
+/// supernet is a separate type ([`Supernet`] for image classifiers; DARTS-PTB has its own), so
+/// that the archset-level machinery (tricks, benchmark tables, validation subsets) serves every
+/// space.
 pub trait Space: Send + Sync + Sized + 'static {
     type Arch: Clone + Eq + Hash + Debug + Send + Sync;
-    type Net: Supernet<Arch = Self::Arch>;
 
     /// The `space.kind` name.
     const KIND: &'static str;

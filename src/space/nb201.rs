@@ -183,7 +183,6 @@ impl Nb201 {
 
 impl Space for Nb201 {
     type Arch = Arch;
-    type Net = Nb201Net;
     const KIND: &'static str = "nb201";
 
     fn encode(arch: &Arch) -> serde_json::Value {

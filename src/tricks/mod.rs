@@ -389,8 +389,8 @@ impl<S: Space> TrickSet<S> {
     /// The validation subset: the study's `sorted(RandomState(seed).permutation(len)[:k])` of
     /// the training archset, NumPy's generator reproduced draw for draw (so a seed picks the
     /// study's architectures when the archset is in the study's order; drawn anew from the same
-    /// seed after each focus-branch decision), or `k` draws of the space's sampler when it has
-    /// no archset.
+    /// seed after each focus-branch decision), or the first `k` draws of the training sampler's
+    /// stream when the space has no archset (see [`TrickSet::draw_eval_archs`]).
     pub fn eval_archs(&self, space: &S, k: usize) -> Vec<S::Arch> {
         match self.archset(space) {
             Some(set) => crate::rng::mt19937::validation_subset(self.seed, set.len(), k)
@@ -398,10 +398,18 @@ impl<S: Space> TrickSet<S> {
                 .map(|i| set[i].clone())
                 .collect(),
             None => {
-                let mut r = crate::rng::stream(self.seed, "eval-archs", &[]);
-                (0..k).map(|_| space.sample(&mut r)).collect()
+                let mut r = crate::rng::stream(self.seed, "sample", &[]);
+                self.draw_eval_archs(space, k, &mut r)
             }
         }
+    }
+
+    /// Without an archset (DARTS, PTB, ProxylessNAS) the reference draws the validation
+    /// architectures from the sampler's own seeded stream when the sampler is built, and
+    /// training sampling continues that stream (duplicates possible). `rng` is that stream
+    /// at its start; it is left where training continues.
+    pub fn draw_eval_archs(&self, space: &S, k: usize, rng: &mut Rng) -> Vec<S::Arch> {
+        (0..k).map(|_| self.sample(space, rng)).collect()
     }
 
     /// At a focus-branch epoch: how many of the evaluated architectures the decision scores.
