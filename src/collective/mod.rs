@@ -1,13 +1,15 @@
 //! Collective communication between data-parallel ranks: sum / mean all-reduce, broadcast,
 //! barrier. [`local`] runs the ranks as threads of one process (CPU tests of the distributed
-//! semantics, and CPU data parallelism); the NCCL implementation for GPUs sits behind the same
-//! trait.
+//! semantics, and CPU data parallelism); [`tcp`] runs them as processes meeting over TCP (and is
+//! the rendezvous through which GPU ranks exchange NCCL's unique id); the NCCL implementation for
+//! GPUs sits behind the same trait.
 //!
 //! Semantics follow the study's PyTorch `DistributedDataParallel` use: gradients are summed over
 //! ranks and divided by the world size, so an op used by one rank of four gets a quarter of its
 //! gradient; BatchNorm buffers are not synchronised.
 
 pub mod local;
+pub mod tcp;
 
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
