@@ -7,6 +7,7 @@
 
 pub mod benchmark;
 pub mod nb201;
+pub mod proxyless;
 
 use crate::nn::Mode;
 use crate::rng::Rng;
@@ -27,6 +28,9 @@ pub trait Space: Send + Sync + Sized + 'static {
 
     /// The score column of the space's benchmark CSV that `eval.archs_score = "auto"` means.
     const BENCHMARK_SCORE: &'static str = "accuracy";
+
+    /// Whether evaluations also report top-5 accuracy (ProxylessNAS).
+    const TOP5: bool = false;
 
     /// The benchmark JSON object of an architecture (as in `benchmarks/*.csv`).
     fn encode(arch: &Self::Arch) -> serde_json::Value;
