@@ -381,6 +381,9 @@ impl Layers {
         if let Some(split_file) = &config.data.split_file {
             config.data.split_file = Some(resolve(&["data", "split_file"], split_file));
         }
+        if let Some(p) = config.data.imagenet.as_mut().and_then(|i| i.lists.as_mut()) {
+            *p = resolve(&["data", "imagenet", "lists"], p);
+        }
         if let Some(p) = &config.eval.archs {
             config.eval.archs = Some(resolve(&["eval", "archs"], p));
         }

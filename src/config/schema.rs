@@ -191,6 +191,68 @@ pub struct ImagenetData {
     pub image_size: usize,
     /// Evaluation: the shorter side is resized to this, then centre-cropped to `image_size`.
     pub resize: usize,
+    /// Classes of the classifier (1000); every file-list label must be below it.
+    #[serde(default = "imagenet_classes")]
+    pub num_classes: usize,
+    /// Folder holding the `<list>_files.txt` file lists (default: `data.root`, which the
+    /// lists' image paths are relative to; the study keeps them in `data/proxyless/imagenet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<PathBuf>,
+    /// The list evaluated on: `test` (the official validation images, the study's) or `val`
+    /// (50 images per class held out of train).
+    #[serde(default)]
+    pub valid_split: ImagenetEvalList,
+    /// Colour jitter of training images: `normal` (the study's default), `tf` or `none`.
+    #[serde(default)]
+    pub color_jitter: ColorJitter,
+    /// A JPEG that does not decode: `fail` (stop, naming the file) or `skip` (leave it out of
+    /// its batch with a warning).
+    #[serde(default)]
+    pub bad_images: BadImages,
+}
+
+fn imagenet_classes() -> usize {
+    1000
+}
+
+/// `data.imagenet.valid_split`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImagenetEvalList {
+    #[default]
+    Test,
+    Val,
+}
+
+impl ImagenetEvalList {
+    /// The list's name (`<name>_files.txt`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ImagenetEvalList::Test => "test",
+            ImagenetEvalList::Val => "val",
+        }
+    }
+}
+
+/// `data.imagenet.color_jitter` (the study's `--color_jitter`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColorJitter {
+    /// Brightness, contrast and saturation U[0.6, 1.4], hue U[0.9, 1.1] degrees.
+    #[default]
+    Normal,
+    /// Brightness U[1 - 32/255, 1 + 32/255], saturation U[0.5, 1.5].
+    Tf,
+    None,
+}
+
+/// `data.imagenet.bad_images`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadImages {
+    #[default]
+    Fail,
+    Skip,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

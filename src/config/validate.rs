@@ -228,6 +228,15 @@ impl Checker<'_> {
         }
         if let Some(i) = &d.imagenet {
             self.at_least_one("data.imagenet.image_size", i.image_size)?;
+            if i.num_classes < 2 {
+                return Err(self.fail(
+                    "data.imagenet.num_classes",
+                    format!(
+                        "data.imagenet.num_classes must be >= 2 (got {})",
+                        i.num_classes
+                    ),
+                ));
+            }
             if i.resize < i.image_size {
                 return Err(self.fail(
                     "data.imagenet.resize",

@@ -1,7 +1,9 @@
 //! From `[data]` config to training and validation sets.
 
 use super::cifar::{self, BinaryLayout};
-use super::{image_folder, imagenet16, splits, Augment, ImageSet, Normalize};
+use super::{
+    image_folder, imagenet, imagenet16, splits, Augment, ImageSet, Images, Normalize, Transform,
+};
 use crate::config::{self, Dataset, NormalizeKind};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
@@ -9,16 +11,17 @@ use std::sync::Arc;
 
 /// The images a run trains and validates on.
 pub struct Split {
-    pub train: Arc<ImageSet>,
+    /// In memory (CIFAR, ImageNet16) or files decoded per batch (ImageNet file lists).
+    pub train: Images,
     /// Indices into `train` forming the training split.
     pub train_indices: Vec<usize>,
-    pub valid: Arc<ImageSet>,
+    pub valid: Images,
     /// Indices into `valid` forming the validation split.
     pub valid_indices: Vec<usize>,
     /// Transform of training (and recalibration) images.
-    pub train_augment: Augment,
+    pub train_augment: Transform,
     /// Transform of validation images (the NB201 cifar10-valid quirk: training augmentation).
-    pub valid_augment: Augment,
+    pub valid_augment: Transform,
     pub num_classes: usize,
 }
 
@@ -75,6 +78,9 @@ pub fn train_augment(cfg: &config::Data, normalize: Normalize, height: usize) ->
 
 /// Reads the data named by `cfg` (paths already absolute).
 pub fn build(cfg: &config::Data) -> anyhow::Result<Split> {
+    if cfg.dataset == Dataset::Imagenet {
+        return imagenet::build(cfg);
+    }
     let classes = num_classes(cfg.dataset);
     let normalize = normalize_for(cfg);
     let need = |want: Dataset| -> Result<()> {
@@ -184,12 +190,12 @@ pub fn build(cfg: &config::Data) -> anyhow::Result<Split> {
         Augment::plain(normalize)
     };
     Ok(Split {
-        train,
+        train: Images::Memory(train),
         train_indices,
-        valid,
+        valid: Images::Memory(valid),
         valid_indices,
-        train_augment,
-        valid_augment,
+        train_augment: Transform::Augment(train_augment),
+        valid_augment: Transform::Augment(valid_augment),
         num_classes: classes,
     })
 }
@@ -419,6 +425,16 @@ fn concat_files(files: &[Found], read: impl Fn(&Path) -> Result<ImageSet>) -> Re
 mod tests {
     use super::*;
 
+    /// The in-memory set of a CIFAR-style split.
+    fn mem(i: &Images) -> &Arc<ImageSet> {
+        i.memory().expect("an in-memory image set")
+    }
+
+    /// The CIFAR-style augmentation of a split.
+    fn aug(t: &Transform) -> Augment {
+        *t.augment().expect("a CIFAR-style augmentation")
+    }
+
     fn fixtures() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
     }
@@ -474,43 +490,49 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         binary_cifar10(&tmp.path().join("cifar-10-batches-bin"), &ALL);
         let s = build(&cfg(Dataset::Cifar10, tmp.path(), "40k")).unwrap();
-        assert_eq!(s.train.labels, vec![1, 1, 2, 2, 3, 3, 4, 4]);
-        assert_eq!(s.valid.labels, vec![5, 5]);
+        assert_eq!(mem(&s.train).labels, vec![1, 1, 2, 2, 3, 3, 4, 4]);
+        assert_eq!(mem(&s.valid).labels, vec![5, 5]);
         assert_eq!(s.train_indices, (0..8).collect::<Vec<_>>());
         assert_eq!(s.valid_indices, vec![0, 1]);
         assert_eq!(s.num_classes, 10);
         // 40k / 50k are the DARTS protocol: DARTS constants, crop 4 + flip, plain validation.
-        assert_eq!(s.train_augment.normalize, Normalize::darts());
+        assert_eq!(aug(&s.train_augment).normalize, Normalize::darts());
         assert_eq!(
-            (s.train_augment.crop_padding, s.train_augment.flip),
+            (
+                aug(&s.train_augment).crop_padding,
+                aug(&s.train_augment).flip
+            ),
             (4, true)
         );
-        assert_eq!(s.valid_augment, Augment::plain(Normalize::darts()));
+        assert_eq!(aug(&s.valid_augment), Augment::plain(Normalize::darts()));
         // The second image of batch 3 is record 1 of data_batch_3.bin.
-        assert_eq!(s.train.image(5), &records(2, 3, 5)[3073 + 1..]);
+        assert_eq!(mem(&s.train).image(5), &records(2, 3, 5)[3073 + 1..]);
 
         let s = build(&cfg(Dataset::Cifar10, tmp.path(), "50k")).unwrap();
-        assert_eq!(s.train.len(), 10);
-        assert_eq!(s.valid.labels, vec![9, 9]);
+        assert_eq!(mem(&s.train).len(), 10);
+        assert_eq!(mem(&s.valid).labels, vec![9, 9]);
 
         let mut c = cfg(Dataset::Cifar10, tmp.path(), "cifar10");
         c.cutout = 16;
         c.augment = false;
         let s = build(&c).unwrap();
-        assert_eq!(s.train.len(), 10);
-        assert_eq!(s.train_augment.normalize, Normalize::nb201_cifar10());
+        assert_eq!(mem(&s.train).len(), 10);
+        assert_eq!(aug(&s.train_augment).normalize, Normalize::nb201_cifar10());
         assert_eq!(
             (
-                s.train_augment.crop_padding,
-                s.train_augment.flip,
-                s.train_augment.cutout
+                aug(&s.train_augment).crop_padding,
+                aug(&s.train_augment).flip,
+                aug(&s.train_augment).cutout
             ),
             (0, false, 16)
         );
-        assert_eq!(s.valid_augment, Augment::plain(Normalize::nb201_cifar10()));
+        assert_eq!(
+            aug(&s.valid_augment),
+            Augment::plain(Normalize::nb201_cifar10())
+        );
         c.normalize = NormalizeKind::Darts;
         assert_eq!(
-            build(&c).unwrap().train_augment.normalize,
+            aug(&build(&c).unwrap().train_augment).normalize,
             Normalize::darts()
         );
     }
@@ -579,18 +601,18 @@ mod tests {
         )
         .unwrap();
         let s = build(&c).unwrap();
-        assert!(Arc::ptr_eq(&s.train, &s.valid));
-        assert_eq!(s.train.len(), 80);
+        assert!(Arc::ptr_eq(mem(&s.train), mem(&s.valid)));
+        assert_eq!(mem(&s.train).len(), 80);
         assert_eq!(
             (s.train_indices.clone(), s.valid_indices.clone()),
             (train, valid)
         );
         // The NB201 quirk: validation images get the training augmentation.
-        assert_eq!(s.valid_augment, s.train_augment);
-        assert_eq!(s.train_augment.crop_padding, 4);
-        assert_eq!(s.train_augment.normalize, Normalize::nb201_cifar10());
+        assert_eq!(aug(&s.valid_augment), aug(&s.train_augment));
+        assert_eq!(aug(&s.train_augment).crop_padding, 4);
+        assert_eq!(aug(&s.train_augment).normalize, Normalize::nb201_cifar10());
         // Batch 5 is a copy of batch 1.
-        assert_eq!(s.train.image(64), s.train.image(0));
+        assert_eq!(mem(&s.train).image(64), mem(&s.train).image(0));
 
         // An explicit split file wins; indices beyond the 80 images are refused with its name.
         let bad = tmp.path().join("bad.txt");
@@ -619,11 +641,14 @@ mod tests {
         .unwrap();
         let s = build(&cfg(Dataset::Cifar100, tmp.path(), "cifar100")).unwrap();
         assert_eq!(s.num_classes, 100);
-        assert_eq!(s.train.labels, vec![42, 7, 99, 0]);
+        assert_eq!(mem(&s.train).labels, vec![42, 7, 99, 0]);
         assert_eq!(s.train_indices, vec![0, 1, 2, 3]);
         assert_eq!(s.valid_indices, vec![1, 3]);
-        assert_eq!(s.train_augment.normalize, Normalize::nb201_cifar100());
-        assert_eq!(s.valid_augment, Augment::plain(Normalize::nb201_cifar100()));
+        assert_eq!(aug(&s.train_augment).normalize, Normalize::nb201_cifar100());
+        assert_eq!(
+            aug(&s.valid_augment),
+            Augment::plain(Normalize::nb201_cifar100())
+        );
     }
 
     #[test]
@@ -631,15 +656,21 @@ mod tests {
         let root = fixtures().join("imagenet16");
         let s = build(&cfg(Dataset::ImageNet16_120, &root, "imagenet-16-120")).unwrap();
         // 10 batches x 3 images, of which 1 + (1 in odd batches) have labels <= 120.
-        assert_eq!(s.train.len(), 15);
-        assert_eq!(s.train.labels[..3], [0, 119, 1]);
-        assert_eq!(s.valid.len(), 9);
+        assert_eq!(mem(&s.train).len(), 15);
+        assert_eq!(mem(&s.train).labels[..3], [0, 119, 1]);
+        assert_eq!(mem(&s.valid).len(), 9);
         assert_eq!(s.valid_indices, vec![0, 2, 4, 6, 8]);
         assert_eq!(s.num_classes, 120);
-        assert_eq!((s.train.height, s.train_augment.crop_padding), (16, 2));
-        assert_eq!(s.train_augment.normalize, Normalize::nb201_imagenet16());
         assert_eq!(
-            s.valid_augment,
+            (mem(&s.train).height, aug(&s.train_augment).crop_padding),
+            (16, 2)
+        );
+        assert_eq!(
+            aug(&s.train_augment).normalize,
+            Normalize::nb201_imagenet16()
+        );
+        assert_eq!(
+            aug(&s.valid_augment),
             Augment::plain(Normalize::nb201_imagenet16())
         );
     }
@@ -650,11 +681,11 @@ mod tests {
         c.train = vec!["cifar_jpg16/train".into(), "cifar10_16.bin".into()];
         c.valid = vec!["cifar10_16_py2.pkl".into()];
         let s = build(&c).unwrap();
-        assert_eq!(s.train.len(), 32);
-        assert_eq!(s.valid.len(), 16);
-        assert_eq!(s.train.labels[16..], s.valid.labels[..]);
-        assert_eq!(s.train.image(16), s.valid.image(0));
-        assert_eq!(s.train_augment.normalize, Normalize::nb201_cifar10());
+        assert_eq!(mem(&s.train).len(), 32);
+        assert_eq!(mem(&s.valid).len(), 16);
+        assert_eq!(mem(&s.train).labels[16..], mem(&s.valid).labels[..]);
+        assert_eq!(mem(&s.train).image(16), mem(&s.valid).image(0));
+        assert_eq!(aug(&s.train_augment).normalize, Normalize::nb201_cifar10());
         assert_eq!(s.valid_indices.len(), 16);
 
         // Labels beyond the dataset's classes name the file.

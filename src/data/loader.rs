@@ -1,14 +1,84 @@
 //! Batches assembled on a background thread, every random choice from a stream keyed by batch.
+//!
+//! The images are in memory ([`Images::Memory`], CIFAR-style sets) or files decoded batch by
+//! batch on the loader's thread ([`Images::Files`], ImageNet file lists); [`Transform`] says how
+//! each becomes network input.
 
+use super::imagenet::{self, FileSet};
 use super::{Augment, ImageSet};
 use crate::rng;
 use anyhow::{anyhow, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
+use rayon::prelude::*;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// The images a loader reads.
+#[derive(Clone, Debug)]
+pub enum Images {
+    /// Decoded images held in memory (CIFAR, ImageNet16, image folders).
+    Memory(Arc<ImageSet>),
+    /// Image files decoded batch by batch on the loader's thread (ImageNet file lists).
+    Files(Arc<FileSet>),
+}
+
+impl Images {
+    pub fn len(&self) -> usize {
+        match self {
+            Images::Memory(s) => s.len(),
+            Images::Files(f) => f.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The in-memory set, if the images are in memory.
+    pub fn memory(&self) -> Option<&Arc<ImageSet>> {
+        match self {
+            Images::Memory(s) => Some(s),
+            Images::Files(_) => None,
+        }
+    }
+}
+
+impl From<Arc<ImageSet>> for Images {
+    fn from(s: Arc<ImageSet>) -> Self {
+        Images::Memory(s)
+    }
+}
+
+/// How an image becomes network input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transform {
+    /// Crop with zero padding, flip, normalisation, cutout: same-size images in, same size out
+    /// (CIFAR, ImageNet16).
+    Augment(Augment),
+    /// ImageNet's random-resized crop (training) or resize and centre crop (evaluation) to a
+    /// fixed size.
+    Imagenet(imagenet::Transform),
+}
+
+impl Transform {
+    /// The CIFAR-style augmentation, if this is one.
+    pub fn augment(&self) -> Option<&Augment> {
+        match self {
+            Transform::Augment(a) => Some(a),
+            Transform::Imagenet(_) => None,
+        }
+    }
+}
+
+impl From<Augment> for Transform {
+    fn from(a: Augment) -> Self {
+        Transform::Augment(a)
+    }
+}
 
 /// One batch on the target device: images (B, C, H, W) f32, labels (B,) u32.
 pub struct Batch {
@@ -156,33 +226,117 @@ fn host_batch(
     Some(HostBatch { images, labels })
 }
 
+/// Builds batch `b` with an ImageNet transform, decoding files when the images are files.
+/// Image k of the batch draws from `rng::stream(seed, name, [indices.., b, k])`, so images can
+/// be decoded in parallel and an image left out (`skip_bad`) does not shift the others' draws.
+/// `None` when stopped.
+#[allow(clippy::too_many_arguments)]
+fn decoded_batch(
+    set: &Images,
+    idx: &[usize],
+    t: &imagenet::Transform,
+    seed: u64,
+    name: &str,
+    indices: &[u64],
+    b: usize,
+    stop: &AtomicBool,
+) -> Option<Result<HostBatch>> {
+    let n = 3 * t.size() * t.size();
+    let one = |k: usize, i: usize| -> Result<Option<(Vec<f32>, u32)>> {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (h, w, px, label) = match set {
+            Images::Memory(s) => (s.height, s.width, Cow::Borrowed(s.image(i)), s.labels[i]),
+            Images::Files(f) => match super::image_folder::decode_jpeg(&f.path(i)) {
+                Ok((h, w, px)) => (h, w, Cow::Owned(px), f.label(i)),
+                Err(e) if f.skip_bad => {
+                    tracing::warn!("image left out of its batch (data.imagenet.bad_images = \"skip\"): {e:#}");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "image {} of {} (set data.imagenet.bad_images = \"skip\" to leave undecodable images out)",
+                        i + 1,
+                        f.list.display()
+                    )))
+                }
+            },
+        };
+        let mut key = indices.to_vec();
+        key.extend([b as u64, k as u64]);
+        let mut r = rng::stream(seed, name, &key);
+        let mut out = vec![0f32; n];
+        t.apply(&px, h, w, &mut r, &mut out);
+        Ok(Some((out, label)))
+    };
+    let done: Vec<Result<Option<(Vec<f32>, u32)>>> = idx
+        .par_iter()
+        .enumerate()
+        .map(|(k, &i)| one(k, i))
+        .collect();
+    if stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut images = Vec::with_capacity(idx.len() * n);
+    let mut labels = Vec::with_capacity(idx.len());
+    for r in done {
+        match r {
+            Ok(Some((img, label))) => {
+                images.extend_from_slice(&img);
+                labels.push(label);
+            }
+            Ok(None) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    Some(Ok(HostBatch { images, labels }))
+}
+
 /// Batches of `set` in the order `order`. Batch b's augmentation draws from
-/// `rng::stream(seed, name, [indices.., b])`, so the result does not depend on threading and a
-/// batch can be reproduced alone. `drop_last` drops a final short batch.
+/// `rng::stream(seed, name, [indices.., b])` (with an ImageNet transform, image k of it from
+/// `[indices.., b, k]`), so the result does not depend on threading and a batch can be
+/// reproduced alone. `drop_last` drops a final short batch. With file images, an undecodable
+/// file ends the iteration with an error naming it, or (`skip_bad`) is left out of its batch.
 #[allow(clippy::too_many_arguments)]
 pub fn batches(
-    set: Arc<ImageSet>,
+    set: impl Into<Images>,
     order: Vec<usize>,
     batch_size: usize,
     drop_last: bool,
-    augment: Augment,
+    augment: impl Into<Transform>,
     seed: u64,
     name: &str,
     indices: &[u64],
     device: &Device,
     prefetch: usize,
 ) -> BatchIter {
+    let set: Images = set.into();
+    let transform: Transform = augment.into();
     let stop = Arc::new(AtomicBool::new(false));
-    let dims = (set.channels, set.height, set.width);
+    let dims = match (&set, &transform) {
+        (Images::Memory(s), Transform::Augment(_)) => Some((s.channels, s.height, s.width)),
+        (Images::Memory(s), Transform::Imagenet(t)) if s.channels == 3 => {
+            Some((3, t.size(), t.size()))
+        }
+        (Images::Files(_), Transform::Imagenet(t)) => Some((3, t.size(), t.size())),
+        _ => None,
+    };
     let mut it = BatchIter {
         rx: None,
         worker: None,
         stop: stop.clone(),
         early: None,
         device: device.clone(),
-        dims,
+        dims: dims.unwrap_or_default(),
         remaining: 0,
         num_batches: 0,
+    };
+    let Some(_) = dims else {
+        it.early = Some(anyhow!(
+            "batch loader `{name}`: image files need the ImageNet transform (and it needs 3 channels)"
+        ));
+        return it;
     };
     if batch_size == 0 {
         it.early = Some(anyhow!("batch loader `{name}`: batch size 0"));
@@ -195,16 +349,18 @@ pub fn batches(
         ));
         return it;
     }
-    if set.images.len() != set.len() * set.image_len() || set.channels > 3 {
-        it.early = Some(anyhow!(
-            "batch loader `{name}`: image set holds {} bytes for {} images of {}x{}x{}",
-            set.images.len(),
-            set.len(),
-            set.channels,
-            set.height,
-            set.width
-        ));
-        return it;
+    if let Images::Memory(set) = &set {
+        if set.images.len() != set.len() * set.image_len() || set.channels > 3 {
+            it.early = Some(anyhow!(
+                "batch loader `{name}`: image set holds {} bytes for {} images of {}x{}x{}",
+                set.images.len(),
+                set.len(),
+                set.channels,
+                set.height,
+                set.width
+            ));
+            return it;
+        }
     }
     let num_batches = if drop_last {
         order.len() / batch_size
@@ -222,11 +378,25 @@ pub fn batches(
             for b in 0..num_batches {
                 let end = ((b + 1) * batch_size).min(order.len());
                 let idx = &order[b * batch_size..end];
-                let Some(hb) = host_batch(&set, idx, &augment, seed, &name, &indices, b, &stop)
-                else {
+                let hb = match (&set, &transform) {
+                    (Images::Memory(s), Transform::Augment(a)) => {
+                        host_batch(s, idx, a, seed, &name, &indices, b, &stop).map(Ok)
+                    }
+                    (_, Transform::Imagenet(t)) => {
+                        decoded_batch(&set, idx, t, seed, &name, &indices, b, &stop)
+                    }
+                    // Refused before the thread started.
+                    (Images::Files(_), Transform::Augment(_)) => None,
+                };
+                let Some(hb) = hb else {
                     return;
                 };
-                if tx.send(Ok(hb)).is_err() {
+                // Every image of the batch left out: nothing to send.
+                if matches!(&hb, Ok(h) if h.labels.is_empty()) {
+                    continue;
+                }
+                let failed = hb.is_err();
+                if tx.send(hb).is_err() || failed {
                     return;
                 }
             }

@@ -1,23 +1,25 @@
 //! Datasets, augmentation and loaders. Knows nothing of spaces or training.
 //!
 //! Readers: [`pickle`] (a safe pickle decoder), [`cifar`] (pickle batches and binary records),
-//! [`imagenet16`], [`image_folder`] (JPEG class folders) and [`splits`] (NB201 split files);
-//! [`build()`] turns the `[data]` config into a [`Split`]; [`loader`] makes augmented batches on a
-//! background thread.
+//! [`imagenet16`], [`image_folder`] (JPEG class folders), [`splits`] (NB201 split files) and
+//! [`imagenet`] (the study's ImageNet file lists, decoded lazily); [`build()`] turns the `[data]`
+//! config into a [`Split`]; [`loader`] makes augmented batches on a background thread.
 
 pub mod augment;
 pub mod build;
 pub mod cifar;
 pub mod image_folder;
+pub mod imagenet;
 pub mod imagenet16;
 pub mod loader;
 pub mod pickle;
+pub mod resize;
 pub mod splits;
 pub mod text;
 
 pub use augment::{Augment, Draws, Normalize};
 pub use build::{build, Split};
-pub use loader::{batches, shuffled, Batch, BatchIter};
+pub use loader::{batches, shuffled, Batch, BatchIter, Images, Transform};
 pub use text::read_maybe_gz;
 
 /// Images held in memory as u8, each image C x H x W contiguous, images back to back.

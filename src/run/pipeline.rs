@@ -5,13 +5,13 @@ use super::checkpoint::{self, Checkpoint};
 use super::dir::RunDir;
 use super::records::{finite, EvalRecord, Progress, Summary};
 use super::tensorboard::TbLog;
-use crate::config::{Config, Resolved};
+use crate::config::{Config, Resolved, Schedule};
 use crate::data::{self, Split};
 use crate::nn::Store;
 use crate::rng;
 use crate::space::{benchmark, GroundTruth, Space, Supernet};
 use crate::train::evaluate::{self, RecalStream, ValidSet};
-use crate::train::{clip, metrics, sgd};
+use crate::train::{clip, metrics, schedule, sgd};
 use crate::tricks::{focus_branch, multipath, TrickSet};
 use anyhow::{Context, Result};
 use candle_core::{Device, Var};
@@ -146,9 +146,16 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
     let pb = bar(archs.len() as u64, "evaluate");
     let mut accs = vec![];
     let mut losses = vec![];
+    let mut top5s = vec![];
+    // The loss is reported with the training criterion's smoothing, as the study's ProxylessNAS
+    // trainer does; top-5 where the space reports it.
+    let opts = evaluate::ScoreOptions {
+        label_smoothing: cfg.train.label_smoothing,
+        top5: S::TOP5,
+    };
     for (i, arch) in archs.iter().enumerate() {
         let drop_path = parts.net.drop_path(epoch, cfg.train.epochs);
-        let s = evaluate::score(
+        let s = evaluate::score_with(
             &parts.net,
             &parts.store,
             arch,
@@ -158,6 +165,7 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
             valid,
             &[epoch as u64, i as u64],
             device,
+            opts,
         )
         .with_context(|| {
             format!(
@@ -167,6 +175,7 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         })?;
         accs.push(s.accuracy);
         losses.push(s.loss);
+        top5s.extend(s.top5);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -180,6 +189,10 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         .unwrap_or_default();
     let with_cost = archs.first().is_some_and(|a| parts.net.cost(a).is_some());
     let mut csv = String::from("arch,arch_string,supernet_accuracy,supernet_loss,ground_truth");
+    let with_top5 = top5s.len() == accs.len() && !top5s.is_empty();
+    if with_top5 {
+        csv.push_str(",supernet_top5");
+    }
     if with_cost {
         csv.push_str(",flops,params");
     }
@@ -187,7 +200,7 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         csv.push_str(&format!(",{}", csv_field(&format!("bench_{c}"))));
     }
     csv.push('\n');
-    for ((a, acc), loss) in archs.iter().zip(&accs).zip(&losses) {
+    for (i, ((a, acc), loss)) in archs.iter().zip(&accs).zip(&losses).enumerate() {
         let g = gt
             .and_then(|g| g.scores.get(a))
             .map(|v| v.to_string())
@@ -197,6 +210,9 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
             csv_field(&S::encode(a).to_string()),
             csv_field(&S::arch_string(a))
         ));
+        if with_top5 {
+            csv.push_str(&format!(",{}", top5s[i]));
+        }
         if with_cost {
             match parts.net.cost(a) {
                 Some(c) => csv.push_str(&format!(",{},{}", c.flops, c.params)),
@@ -231,6 +247,7 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         top_k_overlap: topk,
         top_k: k,
         ground_truth_seed_tau: ceiling,
+        mean_top5_accuracy: with_top5.then(|| top5s.iter().sum::<f64>() / n),
         ..Default::default()
     };
     let mut line = serde_json::to_value(&rec)?;
@@ -460,10 +477,21 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         );
         let pb = bar(steps_per_epoch as u64, &format!("epoch {epoch}/{epochs}"));
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
-        for batch in batches {
+        for (i, batch) in batches.enumerate() {
             let batch = batch?;
             let paths = tricks.paths(&parts.space, &mut sample_rng)?;
-            let lr = tricks.lr(progress.step as usize, steps_per_epoch, total_steps);
+            let lr = match train_cfg.schedule {
+                Schedule::Cosine => tricks.lr(progress.step as usize, steps_per_epoch, total_steps),
+                // ProxylessNAS: set before each step at the fractional epoch; the warm-up
+                // rises to learning_rate * device.gpus (none with one device).
+                Schedule::WarmupCosine => schedule::warmup_cosine(
+                    train_cfg.learning_rate,
+                    cfg.device.gpus,
+                    train_cfg.warmup_epochs,
+                    epochs,
+                    schedule::fractional_epoch(epoch, i, steps_per_epoch),
+                ),
+            };
             let step = progress.step;
             // Path 0 keeps the single-path stream, so runs without multipath are unchanged.
             let rng_for = |p: usize| {
@@ -473,7 +501,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                     rng::stream(seed, "train-dropout", &[step, p as u64])
                 }
             };
-            let (mut grads, outcomes) = multipath::accumulate(
+            let (mut grads, outcomes) = multipath::accumulate_smoothed(
                 &parts.net,
                 &batch.images,
                 &batch.labels,
@@ -481,6 +509,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                 parts.net.drop_path(epoch, epochs),
                 &vars,
                 rng_for,
+                train_cfg.label_smoothing,
             )?;
             let grad_norm = if train_cfg.grad_clip > 0.0 {
                 Some(clip::clip_grad_norm(

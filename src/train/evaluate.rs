@@ -1,21 +1,20 @@
 //! Scoring one architecture with inherited weights: recalibrate BatchNorm, then validate.
 
-use crate::data::{self, Augment, ImageSet};
+use crate::data::{self, Images, Transform};
 use crate::nn::{self, Mode, Store};
 use crate::rng;
 use crate::space::{Ctx, Supernet};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// The persistent, shuffled, cycling stream of training batches that recalibration draws from:
 /// each architecture takes the next `steps` batches; the stream is never reset. Batch `g` of the
 /// stream is a pure function of `g`, so the stream's whole state is the count `consumed`.
 pub struct RecalStream {
-    pub set: Arc<ImageSet>,
+    pub set: Images,
     pub indices: Vec<usize>,
     pub batch_size: usize,
-    pub augment: Augment,
+    pub augment: Transform,
     pub seed: u64,
     pub consumed: u64,
     pub prefetch: usize,
@@ -74,10 +73,10 @@ impl RecalStream {
 
 /// The validation images of an evaluation.
 pub struct ValidSet {
-    pub set: Arc<ImageSet>,
+    pub set: Images,
     pub indices: Vec<usize>,
     pub batch_size: usize,
-    pub augment: Augment,
+    pub augment: Transform,
     pub seed: u64,
     pub prefetch: usize,
 }
@@ -87,6 +86,18 @@ pub struct ValidSet {
 pub struct Score {
     pub accuracy: f64,
     pub loss: f64,
+    /// Top-5 accuracy, when asked for ([`ScoreOptions::top5`]).
+    pub top5: Option<f64>,
+}
+
+/// What an evaluation measures besides top-1 accuracy and the plain cross-entropy.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ScoreOptions {
+    /// Label smoothing of the reported loss (the study's ProxylessNAS evaluates with its
+    /// training criterion).
+    pub label_smoothing: f64,
+    /// Also count top-5 hits.
+    pub top5: bool,
 }
 
 /// Recalibrates BN over `steps` batches of `recal` (skipped when 0), evaluates on `valid`, and
@@ -104,6 +115,34 @@ pub fn score<N: Supernet>(
     valid: &ValidSet,
     key: &[u64],
     device: &Device,
+) -> anyhow::Result<Score> {
+    score_with(
+        net,
+        store,
+        arch,
+        recal,
+        steps,
+        drop_path,
+        valid,
+        key,
+        device,
+        ScoreOptions::default(),
+    )
+}
+
+/// [`score`] with a smoothed loss and / or top-5 accuracy.
+#[allow(clippy::too_many_arguments)]
+pub fn score_with<N: Supernet>(
+    net: &N,
+    store: &Store,
+    arch: &N::Arch,
+    recal: &mut RecalStream,
+    steps: usize,
+    drop_path: f64,
+    valid: &ValidSet,
+    key: &[u64],
+    device: &Device,
+    opts: ScoreOptions,
 ) -> anyhow::Result<Score> {
     let saved: Vec<(String, Tensor)> = store
         .buffers()
@@ -129,6 +168,7 @@ pub fn score<N: Supernet>(
             store.finish_recalibration()?;
         }
         let mut correct = 0usize;
+        let mut correct5 = 0usize;
         let mut total = 0usize;
         let mut loss_sum = 0f64;
         let it = data::batches(
@@ -154,9 +194,11 @@ pub fn score<N: Supernet>(
                 .logits
                 .detach();
             let n = b.labels.dims1()?;
-            let loss = nn::loss::cross_entropy(&logits, &b.labels, 0.0)?.to_scalar::<f32>()? as f64;
-            let (c, _) = nn::loss::correct_topk(&logits, &b.labels, 1)?;
+            let loss = nn::loss::cross_entropy(&logits, &b.labels, opts.label_smoothing)?
+                .to_scalar::<f32>()? as f64;
+            let (c, c5) = nn::loss::correct_topk(&logits, &b.labels, 5)?;
             correct += c;
+            correct5 += c5;
             total += n;
             loss_sum += loss * n as f64;
         }
@@ -166,6 +208,7 @@ pub fn score<N: Supernet>(
         Ok(Score {
             accuracy: correct as f64 / total as f64,
             loss: loss_sum / total as f64,
+            top5: opts.top5.then(|| correct5 as f64 / total as f64),
         })
     })();
     let vals: BTreeMap<String, Tensor> = saved.into_iter().collect();

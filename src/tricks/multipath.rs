@@ -64,7 +64,24 @@ pub fn accumulate<N: Supernet>(
     paths: &[N::Arch],
     drop_path: f64,
     vars: &[Var],
+    rng_for: impl FnMut(usize) -> Rng,
+) -> Result<(GradStore, Vec<PathOutcome>)> {
+    accumulate_smoothed(net, images, labels, paths, drop_path, vars, rng_for, 0.0)
+}
+
+/// [`accumulate`] with label smoothing `smoothing` in the cross-entropy of every path (the
+/// auxiliary loss included): `smoothing / (K - 1)` on each wrong class, as the study's
+/// ProxylessNAS criterion.
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_smoothed<N: Supernet>(
+    net: &N,
+    images: &Tensor,
+    labels: &Tensor,
+    paths: &[N::Arch],
+    drop_path: f64,
+    vars: &[Var],
     mut rng_for: impl FnMut(usize) -> Rng,
+    smoothing: f64,
 ) -> Result<(GradStore, Vec<PathOutcome>)> {
     if paths.is_empty() {
         anyhow::bail!("a training step needs at least one path");
@@ -79,9 +96,9 @@ pub fn accumulate<N: Supernet>(
             rng: &mut r,
         };
         let out = net.forward(images, arch, &mut ctx)?;
-        let mut loss = nn::loss::cross_entropy(&out.logits, labels, 0.0)?;
+        let mut loss = nn::loss::cross_entropy(&out.logits, labels, smoothing)?;
         if let Some(aux) = &out.aux_logits {
-            loss = (loss + (nn::loss::cross_entropy(aux, labels, 0.0)? * net.aux_weight())?)?;
+            loss = (loss + (nn::loss::cross_entropy(aux, labels, smoothing)? * net.aux_weight())?)?;
         }
         let (correct, _) = nn::loss::correct_topk(&out.logits.detach(), labels, 1)?;
         outcomes.push(PathOutcome {
