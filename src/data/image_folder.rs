@@ -162,6 +162,11 @@ pub fn decode_jpeg(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let channels = dec
         .get_output_colorspace()
         .map_or(3, |c| c.num_components());
+    let plane = h * w;
+    if channels == 1 && hwc.len() == plane {
+        // A greyscale JPEG (the decoder keeps one channel): R = G = B, as PIL's convert("RGB").
+        return Ok((h, w, hwc.repeat(3)));
+    }
     if channels != 3 || hwc.len() != h * w * 3 {
         bail!(
             "{}: decoded to {} bytes with {channels} channels, expected {h}x{w} RGB",
@@ -169,7 +174,6 @@ pub fn decode_jpeg(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
             hwc.len()
         );
     }
-    let plane = h * w;
     let mut chw = vec![0u8; 3 * plane];
     for (i, px) in hwc.chunks_exact(3).enumerate() {
         chw[i] = px[0];

@@ -604,4 +604,205 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.iter().all(|v| v.is_finite()));
     }
+
+    type Fixture = std::collections::HashMap<String, candle_core::Tensor>;
+
+    fn fixture() -> Fixture {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/proxyless_augment.npz"
+        );
+        candle_core::Tensor::read_npz(p)
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    /// Bytes and (C, H, W) of a uint8 fixture array.
+    fn planes(f: &Fixture, key: &str) -> (Vec<u8>, usize, usize) {
+        let t = f.get(key).unwrap_or_else(|| panic!("fixture lacks {key}"));
+        let d = t.dims().to_vec();
+        assert_eq!(d[0], 3, "{key}");
+        (
+            t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+            d[1],
+            d[2],
+        )
+    }
+
+    /// Largest absolute byte difference and how many bytes differ.
+    fn diff(a: &[u8], b: &[u8]) -> (u8, usize) {
+        assert_eq!(a.len(), b.len());
+        let d = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y));
+        (d.clone().max().unwrap_or(0), d.filter(|v| *v > 0).count())
+    }
+
+    #[test]
+    fn resize_matches_pillow() {
+        let f = fixture();
+        let real = planes(&f, "real");
+        let names = [
+            "real_down_73",
+            "real_down_64",
+            "up",
+            "smooth_mixed",
+            "noisy_mixed",
+            "noisy_down_odd",
+            "noisy_same",
+        ];
+        for name in names {
+            let (src, h, w) = if name.starts_with("real_") {
+                real.clone()
+            } else {
+                planes(&f, &format!("{name}.src"))
+            };
+            let (want, oh, ow) = planes(&f, &format!("{name}.out"));
+            let got = resize_planes(&src, 3, h, w, oh, ow);
+            // Tolerance: one grey level. The algorithm is Pillow's (same float coefficients,
+            // same fixed-point sums), so the bytes are expected to be equal.
+            let (max, count) = diff(&got, &want);
+            assert!(max <= 1, "{name}: max diff {max}");
+            assert_eq!(count, 0, "{name}: {count} bytes differ from Pillow");
+        }
+        let win: Vec<i64> = f["crop.window"].to_vec1().unwrap();
+        let [top, left, ch, cw] = [win[0], win[1], win[2], win[3]].map(|v| v as usize);
+        let (want, oh, ow) = planes(&f, "crop.out");
+        let crop = crop_planes(&real.0, 3, real.1, real.2, top, left, ch, cw);
+        assert_eq!(
+            diff(&resize_planes(&crop, 3, ch, cw, oh, ow), &want),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn eval_transform_matches_torchvision_on_pillow() {
+        let f = fixture();
+        let (src, h, w) = planes(&f, "eval.src");
+        let geo: Vec<i64> = f["eval.geometry"].to_vec1().unwrap();
+        let (rh, rw) = resize_shorter(h, w, 73);
+        assert_eq!(
+            [rh, rw, centre_offset(rh, 64), centre_offset(rw, 64)].map(|v| v as i64),
+            [geo[0], geo[1], geo[2], geo[3]]
+        );
+        let want: Vec<f32> = f["eval.out"].flatten_all().unwrap().to_vec1().unwrap();
+        let t = Transform::Eval {
+            size: 64,
+            resize: 73,
+            normalize: Normalize::imagenet(),
+        };
+        let mut got = vec![0f32; 3 * 64 * 64];
+        t.apply(&src, h, w, &mut rng::stream(0, "e", &[]), &mut got);
+        // Tolerance: float32 rounding of the normalisation (the bytes are equal).
+        let max = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-5, "max diff {max}");
+    }
+
+    #[test]
+    fn greyscale_jpegs_decode_to_three_equal_planes() {
+        let p = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/grey16x12.jpg"
+        ));
+        let (h, w, px) = crate::data::image_folder::decode_jpeg(p).unwrap();
+        assert_eq!((h, w), (12, 16));
+        let n = h * w;
+        assert_eq!(px[..n], px[n..2 * n]);
+        assert_eq!(px[..n], px[2 * n..]);
+    }
+
+    /// A list of three real JPEGs with a broken one in the middle.
+    fn list_with_bad_jpeg(dir: &Path) -> PathBuf {
+        let mini = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/imagenet-mini"));
+        let text = std::fs::read_to_string(mini.join("test_files.txt")).unwrap();
+        std::fs::create_dir_all(dir.join("img")).unwrap();
+        let picks: Vec<&str> = text.lines().step_by(70).take(2).collect();
+        let mut list = String::new();
+        for (k, line) in picks.iter().enumerate() {
+            let (p, label) = line.rsplit_once(' ').unwrap();
+            std::fs::copy(mini.join(p), dir.join(format!("img/{k}.JPEG"))).unwrap();
+            list.push_str(&format!("img/{k}.JPEG {label}\n"));
+            if k == 0 {
+                std::fs::write(dir.join("img/bad.JPEG"), b"\xff\xd8 not really a jpeg").unwrap();
+                list.push_str("img/bad.JPEG 9\n");
+            }
+        }
+        write(dir, "test_files.txt", &list)
+    }
+
+    #[test]
+    fn file_images_decode_per_batch_and_bad_jpegs_fail_or_skip() {
+        let d = tempfile::tempdir().unwrap();
+        let list = list_with_bad_jpeg(d.path());
+        let eval = Transform::Eval {
+            size: 16,
+            resize: 18,
+            normalize: Normalize::imagenet(),
+        };
+        let dev = candle_core::Device::Cpu;
+        let run = |skip: bool, t: Transform| {
+            let set = Arc::new(read_list(&list, d.path(), 10, skip).unwrap());
+            crate::data::batches(
+                crate::data::Images::Files(set),
+                vec![0, 1, 2],
+                3,
+                false,
+                crate::data::Transform::Imagenet(t),
+                4,
+                "v",
+                &[7],
+                &dev,
+                1,
+            )
+            .collect::<Vec<_>>()
+        };
+        // fail (the default): one error naming the file and the list, then nothing.
+        let got = run(false, eval);
+        assert_eq!(got.len(), 1);
+        let e = format!("{:#}", got[0].as_ref().err().unwrap());
+        assert!(
+            e.contains("bad.JPEG") && e.contains("test_files.txt"),
+            "{e}"
+        );
+        assert!(e.contains("bad_images"), "{e}");
+        // skip: the batch holds the two good images, in order, each as the transform makes it.
+        let got = run(true, eval);
+        assert_eq!(got.len(), 1);
+        let b = got[0].as_ref().unwrap();
+        assert_eq!(b.images.dims(), &[2, 3, 16, 16]);
+        let labels: Vec<u32> = b.labels.to_vec1().unwrap();
+        let set = read_list(&list, d.path(), 10, true).unwrap();
+        assert_eq!(labels, vec![set.label(0), set.label(2)]);
+        let imgs: Vec<f32> = b.images.flatten_all().unwrap().to_vec1().unwrap();
+        for (slot, i) in [(0usize, 0usize), (1, 2)] {
+            let (h, w, px) = crate::data::image_folder::decode_jpeg(&set.path(i)).unwrap();
+            let mut want = vec![0f32; 3 * 16 * 16];
+            eval.apply(&px, h, w, &mut rng::stream(0, "x", &[]), &mut want);
+            assert_eq!(&imgs[slot * 768..(slot + 1) * 768], want.as_slice());
+        }
+        // Training draws: image k of batch b from stream (seed, name, [indices.., b, k]); the
+        // left-out image does not shift the third image's draws.
+        let train = Transform::Train {
+            size: 16,
+            jitter: Jitter::Normal,
+            flip: true,
+            normalize: Normalize::imagenet(),
+        };
+        let got = run(true, train);
+        let imgs: Vec<f32> = got[0]
+            .as_ref()
+            .unwrap()
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (h, w, px) = crate::data::image_folder::decode_jpeg(&set.path(2)).unwrap();
+        let mut want = vec![0f32; 768];
+        train.apply(&px, h, w, &mut rng::stream(4, "v", &[7, 0, 2]), &mut want);
+        assert_eq!(&imgs[768..], want.as_slice());
+    }
 }
