@@ -12,6 +12,7 @@
 //! contrast `out = b * (128 + c * (in - 128))`, then hue / saturation as a linear map in YIQ
 //! space, each rounded to bytes, then flip and normalisation.
 
+pub use super::resize::Window;
 use super::resize::{crop_planes, resize_planes};
 use super::{Normalize, Split};
 use crate::config::{self, BadImages, ColorJitter};
@@ -135,15 +136,6 @@ pub enum Transform {
         resize: usize,
         normalize: Normalize,
     },
-}
-
-/// A crop window: top row, left column, height, width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub top: usize,
-    pub left: usize,
-    pub height: usize,
-    pub width: usize,
 }
 
 /// torchvision's `RandomResizedCrop.get_params` with scale (0.08, 1) and ratio (3/4, 4/3): up
@@ -302,7 +294,7 @@ impl Transform {
                 normalize,
             } => {
                 let win = random_resized_crop(h, w, rng);
-                let crop = crop_planes(chw, 3, h, w, win.top, win.left, win.height, win.width);
+                let crop = crop_planes(chw, 3, h, w, win);
                 let mut px = resize_planes(&crop, 3, win.height, win.width, size, size);
                 let n = size * size;
                 let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * rng.random::<f32>();
@@ -332,11 +324,13 @@ impl Transform {
                 let (rh, rw) = resize_shorter(h, w, resize);
                 let r = resize_planes(chw, 3, h, w, rh, rw);
                 let (top, left) = (centre_offset(rh, size), centre_offset(rw, size));
-                (
-                    crop_planes(&r, 3, rh, rw, top, left, size, size),
-                    normalize,
-                    false,
-                )
+                let win = Window {
+                    top,
+                    left,
+                    height: size,
+                    width: size,
+                };
+                (crop_planes(&r, 3, rh, rw, win), normalize, false)
             }
         };
         for c in 0..3 {
@@ -667,7 +661,13 @@ mod tests {
         let win: Vec<i64> = f["crop.window"].to_vec1().unwrap();
         let [top, left, ch, cw] = [win[0], win[1], win[2], win[3]].map(|v| v as usize);
         let (want, oh, ow) = planes(&f, "crop.out");
-        let crop = crop_planes(&real.0, 3, real.1, real.2, top, left, ch, cw);
+        let win = Window {
+            top,
+            left,
+            height: ch,
+            width: cw,
+        };
+        let crop = crop_planes(&real.0, 3, real.1, real.2, win);
         assert_eq!(
             diff(&resize_planes(&crop, 3, ch, cw, oh, ow), &want),
             (0, 0)

@@ -226,6 +226,9 @@ fn host_batch(
     Some(HostBatch { images, labels })
 }
 
+/// One image of a decoded batch (pixels and label), or `None` when left out.
+type Decoded = Option<(Vec<f32>, u32)>;
+
 /// Builds batch `b` with an ImageNet transform, decoding files when the images are files.
 /// Image k of the batch draws from `rng::stream(seed, name, [indices.., b, k])`, so images can
 /// be decoded in parallel and an image left out (`skip_bad`) does not shift the others' draws.
@@ -242,7 +245,7 @@ fn decoded_batch(
     stop: &AtomicBool,
 ) -> Option<Result<HostBatch>> {
     let n = 3 * t.size() * t.size();
-    let one = |k: usize, i: usize| -> Result<Option<(Vec<f32>, u32)>> {
+    let one = |k: usize, i: usize| -> Result<Decoded> {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -270,7 +273,7 @@ fn decoded_batch(
         t.apply(&px, h, w, &mut r, &mut out);
         Ok(Some((out, label)))
     };
-    let done: Vec<Result<Option<(Vec<f32>, u32)>>> = idx
+    let done: Vec<Result<Decoded>> = idx
         .par_iter()
         .enumerate()
         .map(|(k, &i)| one(k, i))

@@ -153,26 +153,32 @@ pub fn resize_planes(
     out
 }
 
-/// Rows `top..top + out_h`, columns `left..left + out_w` of `c` planes of `h` x `w`.
-pub fn crop_planes(
-    src: &[u8],
-    c: usize,
-    h: usize,
-    w: usize,
-    top: usize,
-    left: usize,
-    out_h: usize,
-    out_w: usize,
-) -> Vec<u8> {
+/// A crop window: top row, left column, height, width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The window `win` of `c` planes of `h` x `w`.
+pub fn crop_planes(src: &[u8], c: usize, h: usize, w: usize, win: Window) -> Vec<u8> {
+    let Window {
+        top,
+        left,
+        height,
+        width,
+    } = win;
     assert!(
-        top + out_h <= h && left + out_w <= w && src.len() == c * h * w,
-        "crop_planes: window {out_h}x{out_w} at ({top}, {left}) of {c}x{h}x{w}"
+        top + height <= h && left + width <= w && src.len() == c * h * w,
+        "crop_planes: window {win:?} of {c}x{h}x{w}"
     );
-    let mut out = Vec::with_capacity(c * out_h * out_w);
+    let mut out = Vec::with_capacity(c * height * width);
     for ch in 0..c {
-        for y in top..top + out_h {
+        for y in top..top + height {
             let row = (ch * h + y) * w;
-            out.extend_from_slice(&src[row + left..row + left + out_w]);
+            out.extend_from_slice(&src[row + left..row + left + width]);
         }
     }
     out
@@ -208,7 +214,13 @@ mod tests {
     #[test]
     fn crop_takes_the_window() {
         let src: Vec<u8> = (0..2 * 4 * 5).map(|i| i as u8).collect();
-        let c = crop_planes(&src, 2, 4, 5, 1, 2, 2, 3);
+        let win = Window {
+            top: 1,
+            left: 2,
+            height: 2,
+            width: 3,
+        };
+        let c = crop_planes(&src, 2, 4, 5, win);
         assert_eq!(c, vec![7, 8, 9, 12, 13, 14, 27, 28, 29, 32, 33, 34]);
     }
 }
