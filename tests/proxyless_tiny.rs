@@ -177,8 +177,23 @@ fn the_studys_command_asks_for_one_device() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // data.imagenet.lists resolves against the experiment file.
+    let lists = repo().join("data/proxyless/imagenet/augment_files.txt");
     assert!(
-        err.contains("augment_files.txt") && err.contains("does not exist"),
+        err.contains(&lists.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
+    // Out-of-range ImageNet keys are refused naming the key.
+    let out = runner()
+        .arg("check")
+        .arg(repo().join("experiments/tiny/proxyless.toml"))
+        .args(["--set", "data.imagenet.num_classes=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data.imagenet.num_classes must be >= 2"),
         "{err}"
     );
 }
