@@ -623,7 +623,8 @@ enum Preprocess0 {
     Plain(ReluConvBn),
 }
 
-struct CellNet {
+/// One cell of the supernet with the weights of every op of every (node, slot).
+pub struct DartsCell {
     reduction: bool,
     pre0: Preprocess0,
     pre1: ReluConvBn,
@@ -631,8 +632,54 @@ struct CellNet {
     slots: Vec<[SlotOps; 2]>,
 }
 
-impl CellNet {
-    fn forward(&self, s0: &Tensor, s1: &Tensor, cell: &Cell, ctx: &mut Ctx) -> Result<Tensor> {
+impl DartsCell {
+    /// A cell of `c` channels per node taking s0 with `c_pp` channels (at twice the size of s1
+    /// when `reduction_prev`) and s1 with `c_p`; its output has 4 `c` channels, at half the
+    /// size when `reduction`. Tensors are named `preprocess0.*`, `preprocess1.*` and
+    /// `nodes.<node>.<slot>.<op>.*` under `path`; weights drawn from `rng` in that order.
+    pub fn new(
+        path: &Path,
+        rng: &mut Rng,
+        c_pp: usize,
+        c_p: usize,
+        c: usize,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> Result<Self> {
+        let pre0 = if reduction_prev {
+            Preprocess0::Reduce(FactorizedReduce::new(
+                &path.pp("preprocess0"),
+                rng,
+                c_pp,
+                c,
+                BN_MOMENTUM,
+                BN_EPS,
+            )?)
+        } else {
+            Preprocess0::Plain(ReluConvBn::new(&path.pp("preprocess0"), rng, c_pp, c)?)
+        };
+        let pre1 = ReluConvBn::new(&path.pp("preprocess1"), rng, c_p, c)?;
+        let mut slots = vec![];
+        for node in NODES {
+            let a = SlotOps::new(&path.pp(format!("nodes.{node}.0")), rng, c, reduction)?;
+            let b = SlotOps::new(&path.pp(format!("nodes.{node}.1")), rng, c, reduction)?;
+            slots.push([a, b]);
+        }
+        Ok(Self {
+            reduction,
+            pre0,
+            pre1,
+            slots,
+        })
+    }
+
+    /// Whether this is a reduction cell.
+    pub fn reduction(&self) -> bool {
+        self.reduction
+    }
+
+    /// The cell's output for the states `s0`, `s1` (only `cell`'s ops run).
+    pub fn forward(&self, s0: &Tensor, s1: &Tensor, cell: &Cell, ctx: &mut Ctx) -> Result<Tensor> {
         let mode = ctx.mode;
         let s0 = match &self.pre0 {
             Preprocess0::Reduce(fr) => fr.forward(s0, mode)?,
@@ -703,7 +750,7 @@ impl AuxHead {
 pub struct DartsNet {
     stem: Conv2d,
     stem_bn: BatchNorm,
-    cells: Vec<CellNet>,
+    cells: Vec<DartsCell>,
     /// The cell after which the auxiliary head runs, and the head (absent with weight 0).
     aux: Option<(usize, AuxHead)>,
     classifier: Linear,
@@ -740,32 +787,15 @@ impl DartsNet {
             if reduction {
                 c_cur *= 2;
             }
-            let p = root.pp(format!("cells.{i}"));
-            let pre0 = if reduction_prev {
-                Preprocess0::Reduce(FactorizedReduce::new(
-                    &p.pp("preprocess0"),
-                    rng,
-                    c_pp,
-                    c_cur,
-                    BN_MOMENTUM,
-                    BN_EPS,
-                )?)
-            } else {
-                Preprocess0::Plain(ReluConvBn::new(&p.pp("preprocess0"), rng, c_pp, c_cur)?)
-            };
-            let pre1 = ReluConvBn::new(&p.pp("preprocess1"), rng, c_p, c_cur)?;
-            let mut slots = vec![];
-            for node in NODES {
-                let a = SlotOps::new(&p.pp(format!("nodes.{node}.0")), rng, c_cur, reduction)?;
-                let b = SlotOps::new(&p.pp(format!("nodes.{node}.1")), rng, c_cur, reduction)?;
-                slots.push([a, b]);
-            }
-            cells.push(CellNet {
+            cells.push(DartsCell::new(
+                &root.pp(format!("cells.{i}")),
+                rng,
+                c_pp,
+                c_p,
+                c_cur,
                 reduction,
-                pre0,
-                pre1,
-                slots,
-            });
+                reduction_prev,
+            )?);
             reduction_prev = reduction;
             c_pp = c_p;
             c_p = 4 * c_cur;
@@ -1049,6 +1079,153 @@ mod tests {
                 params: 2_707_174
             }
         );
+    }
+
+    fn randn(dims: &[usize], seed: u64) -> Tensor {
+        init::normal(
+            &mut crate::rng::stream(seed, "x", &[]),
+            dims,
+            1.0,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn drop_path_drops_whole_samples_of_op_outputs_but_not_identity_skips() {
+        let store = nn::Store::new(&candle_core::Device::Cpu);
+        let mut r = crate::rng::stream(0, "init", &[]);
+        let ops = SlotOps::new(&store.root(), &mut r, 4, true).unwrap();
+        let x = randn(&[64, 4, 6, 6], 1);
+        let p = 0.4;
+        let plain = nn::pool::max_pool2d(&x, 3, 1, 1).unwrap();
+        let mut dr = crate::rng::stream(0, "drop", &[]);
+        let mut ctx = Ctx {
+            mode: Mode::Train,
+            drop_path: p,
+            rng: &mut dr,
+        };
+        let y = ops.forward(Op::MaxPool3x3, &x, 1, &mut ctx).unwrap();
+        let (mut kept, mut dropped) = (0, 0);
+        for n in 0..64 {
+            let yn = y
+                .get(n)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let pn = plain
+                .get(n)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            if yn.iter().all(|&v| v == 0.0) {
+                dropped += 1;
+            } else {
+                assert!(yn.iter().zip(&pn).all(|(a, b)| (a - b / 0.6).abs() < 1e-5));
+                kept += 1;
+            }
+        }
+        assert!(kept > 20 && dropped > 10, "kept {kept} dropped {dropped}");
+        // An identity skip is never dropped and takes no draw; a stride-2 skip is an op.
+        let before = crate::rng::save_state(ctx.rng);
+        let id = ops.forward(Op::SkipConnect, &x, 1, &mut ctx).unwrap();
+        assert_eq!(crate::rng::save_state(ctx.rng), before);
+        assert_eq!(
+            id.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        ops.forward(Op::SkipConnect, &x, 2, &mut ctx).unwrap();
+        assert_ne!(crate::rng::save_state(ctx.rng), before);
+        // Recalibration is train mode: drop-path active; evaluation: none.
+        ctx.mode = Mode::Recalibrate;
+        let before = crate::rng::save_state(ctx.rng);
+        ops.forward(Op::SepConv3x3, &x, 1, &mut ctx).unwrap();
+        assert_ne!(crate::rng::save_state(ctx.rng), before);
+        ctx.mode = Mode::Eval;
+        let before = crate::rng::save_state(ctx.rng);
+        let e = ops.forward(Op::AvgPool3x3, &x, 2, &mut ctx).unwrap();
+        assert_eq!(crate::rng::save_state(ctx.rng), before);
+        assert_eq!(e.dims(), &[64, 4, 3, 3]);
+        // Normal cells hold no stride-2 skip.
+        let normal = SlotOps::new(&store.root().pp("n"), &mut r, 4, false).unwrap();
+        assert!(normal.forward(Op::SkipConnect, &x, 2, &mut ctx).is_err());
+    }
+
+    #[test]
+    fn aux_head_runs_in_training_and_recalibration_only() {
+        let cfg = |aux: f64, final_pool| DartsSpace {
+            channels: 2,
+            layers: 5,
+            auxiliary_weight: aux,
+            drop_path: 0.2,
+            final_pool,
+        };
+        let store = nn::Store::new(&candle_core::Device::Cpu);
+        let mut r = crate::rng::stream(0, "init", &[]);
+        let net = DartsNet::new(&store.root(), &cfg(0.4, FinalPool::Avg7), 10, &mut r).unwrap();
+        let arch = Darts::new().sample(&mut crate::rng::stream(0, "sample", &[]));
+        let x = randn(&[2, 3, 32, 32], 2);
+        for (mode, aux) in [
+            (Mode::Train, true),
+            (Mode::Recalibrate, true),
+            (Mode::Eval, false),
+        ] {
+            let out = net.forward(&x, &arch, &mut Ctx::new(mode, &mut r)).unwrap();
+            assert_eq!(out.logits.dims(), &[2, 10]);
+            assert_eq!(
+                out.aux_logits.map(|a| a.dims().to_vec()),
+                aux.then(|| vec![2, 10])
+            );
+        }
+        assert_eq!(net.aux_weight(), 0.4);
+        assert!((net.drop_path(30, 600) - 0.01).abs() < 1e-12);
+        assert_eq!(net.drop_path(0, 600), 0.0);
+        // Weight 0: no head at all (no tensors), and the global-pool option.
+        let store = nn::Store::new(&candle_core::Device::Cpu);
+        let net = DartsNet::new(&store.root(), &cfg(0.0, FinalPool::Global), 10, &mut r).unwrap();
+        assert!(store.params().iter().all(|(n, _)| !n.starts_with("aux.")));
+        let out = net
+            .forward(&x, &arch, &mut Ctx::new(Mode::Train, &mut r))
+            .unwrap();
+        assert!(out.aux_logits.is_none());
+        assert_eq!(net.aux_weight(), 0.0);
+        // Fewer than 5 cells cannot hold two separate, non-adjacent reduction cells.
+        let mut c = cfg(0.4, FinalPool::Avg7);
+        c.layers = 4;
+        assert!(DartsNet::new(
+            &nn::Store::new(&candle_core::Device::Cpu).root(),
+            &c,
+            10,
+            &mut r
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn avg7_final_pool_reads_only_the_top_left_7x7_of_the_8x8_map() {
+        let x = randn(&[1, 2, 8, 8], 3);
+        let a = nn::pool::avg_pool2d(&x, 7, 7, 0, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let want = x
+            .narrow(2, 0, 7)
+            .unwrap()
+            .narrow(3, 0, 7)
+            .unwrap()
+            .mean((2, 3))
+            .unwrap();
+        let d = (a - want.flatten_all().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
     }
 
     #[test]
