@@ -290,7 +290,7 @@ impl Space for Darts {
                 input: 0,
             }; 2]; 4];
             for node in NODES {
-                for slot in 0..2 {
+                for (slot, target) in nodes[node - 2].iter_mut().enumerate() {
                     let ko = key(cell, node, slot, "op");
                     let v = &obj[&ko];
                     let name = v
@@ -307,7 +307,7 @@ impl Space for Darts {
                     if input >= node as u64 {
                         bail!("DARTS arch key {ki:?}: input {input} is out of range (node {node} takes states 0..{})", node - 1);
                     }
-                    nodes[node - 2][slot] = Slot {
+                    *target = Slot {
                         op,
                         input: input as u8,
                     };

@@ -43,12 +43,13 @@ fn sampled_ground_truth(
     Ok(Some(t.ground_truth(None)))
 }
 
-fn ground_truth(
-    resolved: &Resolved,
-) -> Result<(
+/// The `eval.archs` table (when set) and the ground truth of the run.
+type Truth = (
     Option<benchmark::Table<<Darts as Space>::Arch>>,
     Option<GroundTruth<<Darts as Space>::Arch>>,
-)> {
+);
+
+fn ground_truth(resolved: &Resolved) -> Result<Truth> {
     Ok(match eval_table::<Darts>(&resolved.config)? {
         Some((t, gt)) => (Some(t), Some(gt)),
         None => (None, sampled_ground_truth(resolved)?),
