@@ -1,6 +1,7 @@
 //! End-to-end DARTS-CIFAR10 runs of the `runner` binary on the shipped CIFAR-10 subset:
 //! `experiments/tiny/darts.toml` (a seeded 16 of the benchmark's architectures, with the
 //! seed-43 table for the noise ceiling) writes a complete results folder with correlations;
+//! killed after its first checkpoint and resumed, it ends with identical numbers;
 //! without `eval.archs` the sampled validation architectures are evaluated
 //! `num_archs_intermediate` at a time at every evaluation, the last one included.
 
@@ -8,7 +9,8 @@ use runner::space::darts::{count_cost, Darts};
 use runner::space::Space;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -162,6 +164,62 @@ fn tiny_darts_run_writes_a_complete_results_folder() {
         .as_str()
         .unwrap()
         .ends_with("darts-cifar10.csv: accuracy"));
+
+    // The same run killed once its first checkpoint exists, then resumed, ends with the same
+    // numbers (drop-path masks, recalibration stream and sampler restored from the checkpoint).
+    let out_b = t.path().join("b");
+    let mut child = runner()
+        .arg(repo().join("experiments/tiny/darts.toml"))
+        .arg("--set")
+        .arg(format!("experiment.output=\"{}\"", out_b.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let ck = std::fs::read_dir(&out_b)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path().join("checkpoints/latest.safetensors"));
+        if ck.is_some_and(|p| p.exists()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended before it could be killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir_b = run_dir(&out_b);
+    assert!(!dir_b.join("summary.json").exists(), "killed too late");
+    let st = runner()
+        .arg(repo().join("experiments/tiny/darts.toml"))
+        .arg("--set")
+        .arg(format!("experiment.output=\"{}\"", out_b.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let sb = read_json(&dir_b.join("summary.json"));
+    for k in ["history", "final_eval", "final_train_loss", "steps"] {
+        assert_eq!(s[k], sb[k], "{k} after resuming");
+    }
+    for f in ["eval/epoch_0002.csv", "eval/epoch_0001.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(f)).unwrap(),
+            std::fs::read_to_string(dir_b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
 }
 
 #[test]
