@@ -123,7 +123,8 @@ pub fn nb101() -> Config {
 
 /// DARTS-CIFAR10: C = 36, 20 cells, auxiliary head 0.4, drop-path 0.2, cutout 16, batch 128,
 /// SGD lr 0.025 momentum 0.9 wd 3e-4 (no Nesterov), clip 5, 600 epochs, BN recalibration
-/// 100 x 200, 32 architectures at every evaluation, evaluation every 50 epochs, split 40k.
+/// 100 x 200, 256 validation architectures drawn of which 32 are evaluated at every
+/// evaluation, evaluation every 50 epochs, split 40k.
 pub fn darts() -> Config {
     let mut c = nb201();
     c.experiment.name = "darts".into();
@@ -132,6 +133,7 @@ pub fn darts() -> Config {
         layers: 20,
         auxiliary_weight: 0.4,
         drop_path: 0.2,
+        final_pool: FinalPool::Avg7,
     });
     c.data.split = "40k".into();
     c.data.batch_size = 128;
@@ -143,7 +145,9 @@ pub fn darts() -> Config {
     c.train.weight_decay = 3e-4;
     c.train.grad_clip = 5.0;
     c.eval.every = 50;
-    c.eval.num_archs = 32;
+    // The study draws `num_valid_arch` = 256 validation architectures from the sampler's stream
+    // (training sampling continues after them) and evaluates the first 32 at every evaluation.
+    c.eval.num_archs = 256;
     c.eval.num_archs_intermediate = 32;
     c.eval.bn_recalibration = BnRecalibration {
         steps: 100,

@@ -116,6 +116,21 @@ pub struct DartsSpace {
     pub auxiliary_weight: f64,
     /// Final drop-path probability; the probability at epoch e is drop_path * e / epochs.
     pub drop_path: f64,
+    /// Pooling before the classifier: `avg7` (the study's `AvgPool2d(7)`, which on the final
+    /// 8x8 map reads only the top-left 7x7) or `global` (average over the whole map).
+    #[serde(default)]
+    pub final_pool: FinalPool,
+}
+
+/// DARTS-CIFAR10's pooling before the classifier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalPool {
+    /// The study's quirk: a 7x7 average pool with stride 7 (the top-left 7x7 of the 8x8 map).
+    #[default]
+    Avg7,
+    /// Global average pooling (the clean behaviour).
+    Global,
 }
 
 /// DARTS-PTB: the recurrent cell language model.

@@ -138,7 +138,14 @@ impl Checker<'_> {
             }
             Space::Darts(s) => {
                 self.at_least_one("space.channels", s.channels)?;
-                self.at_least_one("space.layers", s.layers)?;
+                // Reductions at layers / 3 and 2 * layers / 3 must be two distinct,
+                // non-adjacent cells (the reference asserts it), which needs at least 5.
+                if s.layers < 5 {
+                    return Err(self.fail(
+                        "space.layers",
+                        format!("space.layers must be >= 5 (got {}): the two reduction cells at layers / 3 and 2 * layers / 3 must be distinct and not adjacent", s.layers),
+                    ));
+                }
                 let w = s.auxiliary_weight;
                 self.float("space.auxiliary_weight", w, w >= 0.0, ">= 0")?;
                 let p = s.drop_path;

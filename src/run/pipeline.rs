@@ -537,9 +537,9 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         let focus = tricks.focus_due(epoch);
         let regular = epoch % cfg.eval.every == 0;
         if regular || last || focus.is_some() {
-            let mut k = if last || fixed_archs {
+            let mut k = if fixed_archs || (last && !S::LAST_EVAL_INTERMEDIATE) {
                 archs.len()
-            } else if regular {
+            } else if regular || last {
                 cfg.eval.num_archs_intermediate
             } else {
                 0

@@ -6,6 +6,7 @@
 //! `match` on `space.kind` in `run`.
 
 pub mod benchmark;
+pub mod darts;
 pub mod nb201;
 
 use crate::nn::Mode;
@@ -27,6 +28,10 @@ pub trait Space: Send + Sync + Sized + 'static {
 
     /// The score column of the space's benchmark CSV that `eval.archs_score = "auto"` means.
     const BENCHMARK_SCORE: &'static str = "accuracy";
+
+    /// Whether the last evaluation scores `eval.num_archs_intermediate` architectures like the
+    /// others (DARTS and PTB in the study) instead of all `eval.num_archs` drawn.
+    const LAST_EVAL_INTERMEDIATE: bool = false;
 
     /// The benchmark JSON object of an architecture (as in `benchmarks/*.csv`).
     fn encode(arch: &Self::Arch) -> serde_json::Value;
