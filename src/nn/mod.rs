@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod dropout;
 mod host;
 pub mod init;
 pub mod linear;
