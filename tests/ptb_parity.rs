@@ -37,7 +37,11 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 }
 
 fn ints(t: &Tensor) -> Vec<usize> {
-    t.to_vec1::<i64>().unwrap().iter().map(|&v| v as usize).collect()
+    t.to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as usize)
+        .collect()
 }
 
 #[test]
@@ -94,7 +98,10 @@ fn ptb_model_matches_pytorch() {
         assert!(e <= 1e-4, "{k}: rel err {e}");
     }
     let loss = ptb_model::loss(&out, &targets, cfg.alpha, cfg.beta).unwrap();
-    let e = rel_err(&loss.cross_entropy.reshape(1).unwrap(), &fx["cross_entropy"]);
+    let e = rel_err(
+        &loss.cross_entropy.reshape(1).unwrap(),
+        &fx["cross_entropy"],
+    );
     assert!(e <= 1e-5, "cross-entropy rel err {e}");
     let e = rel_err(&loss.total.reshape(1).unwrap(), &fx["loss"]);
     eprintln!("loss (CE + AR + TAR): rel err {e:.2e}");
@@ -129,12 +136,19 @@ fn ptb_model_matches_pytorch() {
 #[test]
 fn asgd_matches_torch_optim_asgd() {
     let fx = fixture("ptb_asgd.npz");
-    let cases = [("study", 40.0, 0.0, 0.0, 8e-7), ("general", 0.5, 1e-3, 2.0, 0.01)];
+    let cases = [
+        ("study", 40.0, 0.0, 0.0, 8e-7),
+        ("general", 0.5, 1e-3, 2.0, 0.01),
+    ];
     for (case, lr, lambd, t0, wd) in cases {
         let var = |k: &str| Var::from_tensor(&fx[&format!("{case}.init.{k}")]).unwrap();
         let (a, b, c) = (var("a"), var("b"), var("c"));
         let mut o = Asgd::new(
-            vec![("a".into(), a.clone()), ("b".into(), b.clone()), ("c".into(), c.clone())],
+            vec![
+                ("a".into(), a.clone()),
+                ("b".into(), b.clone()),
+                ("c".into(), c.clone()),
+            ],
             AsgdConfig {
                 lr,
                 lambd,
@@ -154,7 +168,13 @@ fn asgd_matches_torch_optim_asgd() {
                 .unwrap()
                 .sum_all()
                 .unwrap()
-                .add(&b.as_tensor().mul(&get("grad.b")).unwrap().sum_all().unwrap())
+                .add(
+                    &b.as_tensor()
+                        .mul(&get("grad.b"))
+                        .unwrap()
+                        .sum_all()
+                        .unwrap(),
+                )
                 .unwrap();
             let grads = l.backward().unwrap();
             assert!(grads.get(c.as_tensor()).is_none());
@@ -167,7 +187,11 @@ fn asgd_matches_torch_optim_asgd() {
                 .averages()
                 .into_iter()
                 .map(|(v, ax)| {
-                    let name = if v.as_tensor().id() == a.as_tensor().id() { "a" } else { "b" };
+                    let name = if v.as_tensor().id() == a.as_tensor().id() {
+                        "a"
+                    } else {
+                        "b"
+                    };
                     (name.to_string(), ax)
                 })
                 .collect();
@@ -180,7 +204,11 @@ fn asgd_matches_torch_optim_asgd() {
         // The state round-trips through a checkpoint-shaped map into a fresh optimizer.
         let st = o.state().unwrap();
         let mut o2 = Asgd::new(
-            vec![("a".into(), a.clone()), ("b".into(), b.clone()), ("c".into(), c.clone())],
+            vec![
+                ("a".into(), a.clone()),
+                ("b".into(), b.clone()),
+                ("c".into(), c.clone()),
+            ],
             AsgdConfig {
                 lr,
                 lambd,

@@ -27,7 +27,10 @@ fn runner() -> Command {
 }
 
 fn output_set(dir: &Path) -> [String; 2] {
-    ["--set".into(), format!("experiment.output=\"{}\"", dir.display())]
+    [
+        "--set".into(),
+        format!("experiment.output=\"{}\"", dir.display()),
+    ]
 }
 
 fn run_dir(out: &Path) -> PathBuf {
@@ -80,7 +83,11 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
         .args(output_set(&out_a))
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let dir_a = run_dir(&out_a);
     for f in [
         "config.toml",
@@ -95,18 +102,30 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
     ] {
         assert!(dir_a.join(f).exists(), "missing {f}");
     }
-    assert!(!dir_a.join("eval/epoch_0000.csv").exists(), "PTB does not evaluate at epoch 0");
+    assert!(
+        !dir_a.join("eval/epoch_0000.csv").exists(),
+        "PTB does not evaluate at epoch 0"
+    );
     let sa = json(&dir_a.join("summary.json"));
     assert_eq!(sa["space"], "ptb");
     assert_eq!(sa["score"], "perplexity");
-    assert!(sa["ground_truth"].as_str().unwrap().ends_with("ptb.csv: valid_ppl"));
+    assert!(sa["ground_truth"]
+        .as_str()
+        .unwrap()
+        .ends_with("ptb.csv: valid_ppl"));
     assert_eq!(sa["steps"], 48);
     let hist = sa["history"].as_array().unwrap();
     assert_eq!(hist.len(), 6);
     let fe = &sa["final_eval"];
     assert_eq!(fe["num_archs"], 16);
     assert_eq!(fe["num_with_ground_truth"], 16);
-    for k in ["kendall_tau", "spearman", "pearson", "top_k_overlap", "ground_truth_seed_tau"] {
+    for k in [
+        "kendall_tau",
+        "spearman",
+        "pearson",
+        "top_k_overlap",
+        "ground_truth_seed_tau",
+    ] {
         assert!(fe[k].is_number(), "{k}: {}", fe[k]);
     }
     let (lo, mean, hi) = (
@@ -116,7 +135,10 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
     );
     // A barely trained model: far worse than the benchmark's ~60, far better than uniform
     // over 10,000 words.
-    assert!(lo <= mean && mean <= hi && lo > 60.0 && hi < 10_000.0, "{lo} {mean} {hi}");
+    assert!(
+        lo <= mean && mean <= hi && lo > 60.0 && hi < 10_000.0,
+        "{lo} {mean} {hi}"
+    );
     let details = &sa["space_details"];
     assert_eq!(
         details["asgd_from_epoch"], 5,
@@ -164,10 +186,16 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
     let best_model: BTreeMap<String, Tensor> = latest
         .optim
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix("best.model.").map(|n| (n.to_string(), v.clone())))
+        .filter_map(|(k, v)| {
+            k.strip_prefix("best.model.")
+                .map(|n| (n.to_string(), v.clone()))
+        })
         .collect();
     assert!(same_tensors(&fin.model, &best_model));
-    assert!(!same_tensors(&fin.model, &latest.model), "final = best (averaged), not last");
+    assert!(
+        !same_tensors(&fin.model, &latest.model),
+        "final = best (averaged), not last"
+    );
     assert_eq!(details["best_epoch"], latest.progress["best_epoch"]);
     assert!(latest.progress["asgd"].as_bool().unwrap());
     assert!(latest.optim.keys().any(|k| k.starts_with("cur.ax.")));
@@ -196,7 +224,10 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
         if in_epoch_6 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "epoch 6 never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "epoch 6 never started"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("run ended before it could be killed: {status}");
         }
@@ -208,12 +239,30 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
     assert!(!dir_b.join("summary.json").exists(), "killed too late");
     let ck_b = load_ck(&dir_b.join("checkpoints/latest.safetensors"), hash);
     assert_eq!(ck_b.progress["base"]["epoch"], 5);
-    assert!(ck_b.progress["asgd"].as_bool().unwrap(), "the resumed checkpoint holds ASGD state");
-    let st = runner().arg(tiny()).args(output_set(&out_b)).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        ck_b.progress["asgd"].as_bool().unwrap(),
+        "the resumed checkpoint holds ASGD state"
+    );
+    let st = runner()
+        .arg(tiny())
+        .args(output_set(&out_b))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     assert!(String::from_utf8_lossy(&st.stderr).contains("resuming from"));
     let sb = json(&dir_b.join("summary.json"));
-    for k in ["history", "final_eval", "final_train_loss", "final_train_accuracy", "steps", "space_details"] {
+    for k in [
+        "history",
+        "final_eval",
+        "final_train_loss",
+        "final_train_accuracy",
+        "steps",
+        "space_details",
+    ] {
         assert_eq!(sa[k], sb[k], "{k}");
     }
     for e in 1..=6 {
@@ -225,7 +274,10 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
         );
     }
     let fin_b = load_ck(&dir_b.join("checkpoints/final.safetensors"), hash);
-    assert!(same_tensors(&fin.model, &fin_b.model), "final weights differ after resume");
+    assert!(
+        same_tensors(&fin.model, &fin_b.model),
+        "final weights differ after resume"
+    );
     let latest_b = load_ck(&dir_b.join("checkpoints/latest.safetensors"), hash);
     assert!(same_tensors(&latest.model, &latest_b.model));
     assert!(same_tensors(&latest.optim, &latest_b.optim));
@@ -238,7 +290,11 @@ fn tiny_run_is_complete_and_resumes_identically_after_kill() {
     assert_eq!(steps, (1..=48).collect::<Vec<u64>>());
 
     // A finished run is not retrained.
-    let st = runner().arg(tiny()).args(output_set(&out_b)).output().unwrap();
+    let st = runner()
+        .arg(tiny())
+        .args(output_set(&out_b))
+        .output()
+        .unwrap();
     assert!(st.status.success());
     assert!(String::from_utf8_lossy(&st.stderr).contains("already finished"));
 }
@@ -260,7 +316,11 @@ fn absurd_learning_rate_rolls_back_and_never_checkpoints_nan() {
         ])
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let dir = run_dir(&out);
     let m = metrics(&dir);
     let rollbacks: Vec<&serde_json::Value> =
@@ -269,13 +329,22 @@ fn absurd_learning_rate_rolls_back_and_never_checkpoints_nan() {
     // Epoch 1 rolls back to the initial state (the study's best state before any evaluation).
     assert_eq!(rollbacks[0]["restored_epoch"], 0);
     let s = json(&dir.join("summary.json"));
-    assert_eq!(s["space_details"]["nan_rollbacks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        s["space_details"]["nan_rollbacks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let hash = s["config_hash"].as_str().unwrap();
     for f in ["latest", "final"] {
         let ck = load_ck(&dir.join(format!("checkpoints/{f}.safetensors")), hash);
         for (k, v) in ck.model.iter().chain(ck.optim.iter()) {
             if v.dtype() == DType::F32 {
-                assert!(values(v).iter().all(|x| x.is_finite()), "{f}: {k} holds NaN/inf");
+                assert!(
+                    values(v).iter().all(|x| x.is_finite()),
+                    "{f}: {k} holds NaN/inf"
+                );
             }
         }
     }
@@ -291,13 +360,23 @@ fn bad_ptb_inputs_fail_with_one_line() {
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("train.txt"), "a b c\n").unwrap();
     std::fs::write(data.join("valid.txt"), "a b\n").unwrap();
-    let root = |p: &Path| ["--set".to_string(), format!("data.root=\"{}\"", p.display())];
+    let root = |p: &Path| {
+        [
+            "--set".to_string(),
+            format!("data.root=\"{}\"", p.display()),
+        ]
+    };
     let last_error = |args: &[String], check: bool| -> String {
         let mut c = runner();
         if check {
             c.arg("check");
         }
-        let st = c.arg(tiny()).args(output_set(&t.path().join("o"))).args(args).output().unwrap();
+        let st = c
+            .arg(tiny())
+            .args(output_set(&t.path().join("o")))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!st.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&st.stderr).to_string();
         let last = err.lines().last().unwrap_or("").to_string();
@@ -315,11 +394,7 @@ fn bad_ptb_inputs_fail_with_one_line() {
     assert!(e.contains("train.txt") && e.contains("at least 3"), "{e}");
     // A benchmark row that does not decode names the file and line.
     let bad = t.path().join("bad.csv");
-    std::fs::write(
-        &bad,
-        "architecture,valid_ppl\n\"{\"\"act/0\"\":9}\",60\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "architecture,valid_ppl\n\"{\"\"act/0\"\":9}\",60\n").unwrap();
     let e = last_error(
         &["--set".into(), format!("eval.archs=\"{}\"", bad.display())],
         true,
@@ -327,7 +402,10 @@ fn bad_ptb_inputs_fail_with_one_line() {
     assert!(e.contains("bad.csv:2"), "{e}");
     // A PTB file given an image dataset fails before any work.
     let e = last_error(&["--set".into(), "data.dataset=\"cifar10\"".into()], true);
-    assert!(e.contains("space ptb cannot take data.dataset = \"cifar10\""), "{e}");
+    assert!(
+        e.contains("space ptb cannot take data.dataset = \"cifar10\""),
+        "{e}"
+    );
     let e = last_error(&["--set".into(), "space.hidden=16".into()], true);
     assert!(e.contains("space.embedding must equal space.hidden"), "{e}");
 }

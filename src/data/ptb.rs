@@ -138,7 +138,7 @@ pub struct Batched {
 /// The study's `_batchify`: keep the first `rows * b` tokens (`rows = T / b`) and lay them out
 /// so that column c holds tokens `[c * rows, (c + 1) * rows)`.
 pub fn batchify(tokens: &[u32], b: usize) -> Batched {
-    let rows = if b == 0 { 0 } else { tokens.len() / b };
+    let rows = tokens.len().checked_div(b).unwrap_or(0);
     let mut data = vec![0u32; rows * b];
     for c in 0..b {
         for r in 0..rows {
@@ -288,6 +288,41 @@ mod tests {
         std::fs::remove_file(dir.path().join("valid.txt")).unwrap();
         let e = format!("{:#}", Corpus::read(dir.path()).unwrap_err());
         assert!(e.contains("valid.txt.gz") && e.contains("gzip"), "{e}");
+    }
+
+    /// The shipped `data/ptb` (gzip) is the canonical corpus: the text's SHA-256 (the md5s of
+    /// data/README.md belong to the same files), token counts and the 10,000-word vocabulary.
+    #[test]
+    fn shipped_corpus_matches_its_provenance() {
+        use sha2::{Digest, Sha256};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/ptb");
+        for (name, sha) in [
+            (
+                "train.txt",
+                "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+            ),
+            (
+                "valid.txt",
+                "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+            ),
+            (
+                "test.txt",
+                "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+            ),
+        ] {
+            let body = text::read_maybe_gz(&root.join(name)).unwrap();
+            let got: String = Sha256::digest(body.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, sha, "{name}");
+        }
+        let c = Corpus::read(&root).unwrap();
+        assert_eq!(
+            (c.train.len(), c.valid.len(), c.test.len(), c.vocab()),
+            (929_589, 73_760, 82_430, 10_000)
+        );
+        assert_eq!(c.words[c.train[0] as usize], "aer");
     }
 
     #[test]

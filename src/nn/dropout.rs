@@ -52,8 +52,20 @@ mod tests {
         assert_eq!(mask_values(&mut r, 3, 0.0).unwrap(), vec![1.0; 3]);
         assert!(mask_values(&mut r, 3, 1.0).is_err());
         // Seeded: the same stream gives the same mask.
-        let a = mask(&mut crate::rng::stream(1, "m", &[]), &[4, 5], 0.5, &Device::Cpu).unwrap();
-        let b = mask(&mut crate::rng::stream(1, "m", &[]), &[4, 5], 0.5, &Device::Cpu).unwrap();
+        let a = mask(
+            &mut crate::rng::stream(1, "m", &[]),
+            &[4, 5],
+            0.5,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = mask(
+            &mut crate::rng::stream(1, "m", &[]),
+            &[4, 5],
+            0.5,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
     }
 }

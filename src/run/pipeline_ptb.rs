@@ -9,7 +9,9 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::dir::RunDir;
-use super::pipeline::{append_metrics, bar, correlate_scores, csv_field, truncate_metrics, Outcome};
+use super::pipeline::{
+    append_metrics, bar, correlate_scores, csv_field, truncate_metrics, Outcome,
+};
 use super::records::{finite, EvalRecord, Progress, Summary};
 use super::tensorboard::TbLog;
 use crate::config::{Config, PtbSpace, Resolved, Unsampled};
@@ -20,8 +22,8 @@ use crate::space::ptb::{Arch, Ptb};
 use crate::space::ptb_model::{self, Masks, PtbNet};
 use crate::space::{benchmark, GroundTruth, Space};
 use crate::train::asgd::{Asgd, AsgdConfig};
-use crate::train::sgd::{Sgd, SgdConfig};
 use crate::train::clip;
+use crate::train::sgd::{Sgd, SgdConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -154,7 +156,11 @@ impl Settings {
             alpha: space.alpha,
             beta: space.beta,
             max_steps: cfg.train.max_steps,
-            asgd: cfg.train.asgd.as_ref().map(|a| (a.patience, a.t0, a.lambda)),
+            asgd: cfg
+                .train
+                .asgd
+                .as_ref()
+                .map(|a| (a.patience, a.t0, a.lambda)),
         })
     }
 
@@ -228,7 +234,11 @@ pub fn snapshot(store: &Store) -> Result<BTreeMap<String, Tensor>> {
 /// Whether every value of every tensor is finite.
 pub fn all_finite(tensors: &BTreeMap<String, Tensor>) -> Result<bool> {
     for t in tensors.values() {
-        let s = t.to_dtype(DType::F64)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+        let s = t
+            .to_dtype(DType::F64)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         if !s.is_finite() {
             // A sum can overflow with finite values; check element-wise before refusing.
             let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -420,7 +430,9 @@ pub fn score_arch(
         tokens += w.len * b;
     }
     if count == 0 {
-        bail!("the validation data has no window of 2 rows (too few tokens for data.eval_batch_size)");
+        bail!(
+            "the validation data has no window of 2 rows (too few tokens for data.eval_batch_size)"
+        );
     }
     let acc = correct as f64 / tokens as f64;
     if total.is_nan() {
@@ -558,9 +570,7 @@ fn pack_optim(st: &TrainState) -> Result<BTreeMap<String, Tensor>> {
     Ok(m)
 }
 
-fn unpack_optim(
-    m: &BTreeMap<String, Tensor>,
-) -> Result<[BTreeMap<String, Tensor>; 3]> {
+fn unpack_optim(m: &BTreeMap<String, Tensor>) -> Result<[BTreeMap<String, Tensor>; 3]> {
     let mut out: [BTreeMap<String, Tensor>; 3] = Default::default();
     for (k, v) in m {
         let (i, rest) = if let Some(r) = k.strip_prefix("cur.") {
@@ -634,7 +644,11 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
     }
     dir.write("config.toml", resolved.toml.as_bytes())?;
     let settings = Settings::from_config(cfg, &parts.space)?;
-    let text = cfg.data.text.as_ref().context("space ptb needs [data.text]")?;
+    let text = cfg
+        .data
+        .text
+        .as_ref()
+        .context("space ptb needs [data.text]")?;
     let cut = |v: &[u32], n: usize| -> Vec<u32> {
         if n > 0 && n < v.len() {
             v[..n].to_vec()
@@ -642,8 +656,14 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
             v.to_vec()
         }
     };
-    let train = batchify(&cut(&parts.corpus.train, text.train_tokens), cfg.data.batch_size);
-    let valid = batchify(&cut(&parts.corpus.valid, text.valid_tokens), cfg.data.eval_batch_size);
+    let train = batchify(
+        &cut(&parts.corpus.train, text.train_tokens),
+        cfg.data.batch_size,
+    );
+    let valid = batchify(
+        &cut(&parts.corpus.valid, text.valid_tokens),
+        cfg.data.eval_batch_size,
+    );
     if !train.has_windows() {
         bail!(
             "train.txt: {} tokens make {} rows of data.batch_size {}: at least 3 are needed",
@@ -676,7 +696,7 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
                 t.rows.len(),
                 t.source
             );
-            t.rows.iter().map(|r| r.arch.clone()).collect()
+            t.rows.iter().map(|r| r.arch).collect()
         }
         None => drawn,
     };
@@ -719,8 +739,8 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         store
             .load(&ck.model)
             .with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
-        let [cur, best_model, best_optim] = unpack_optim(&ck.optim)
-            .with_context(|| format!("checkpoint {}", latest.display()))?;
+        let [cur, best_model, best_optim] =
+            unpack_optim(&ck.optim).with_context(|| format!("checkpoint {}", latest.display()))?;
         progress = ck.progress;
         st.opt = settings
             .restore_opt(store, progress.asgd, &cur)
@@ -768,14 +788,27 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
     {
         // Not the study's (it never evaluates before training); a record only, it does not
         // count for the best state or the ASGD patience.
-        let (rec, _) = evaluate(&parts, cfg, dir, &archs[..per_eval], &valid, settings.bptt, 0, device)?;
+        let (rec, _) = evaluate(
+            &parts,
+            cfg,
+            dir,
+            &archs[..per_eval],
+            &valid,
+            settings.bptt,
+            0,
+            device,
+        )?;
         tb.eval(&rec);
         progress.base.history.push(rec);
     }
 
     for epoch in progress.base.epoch + 1..=epochs {
         let est = (train.rows / settings.bptt.max(1)).max(1);
-        let est = if settings.max_steps > 0 { est.min(settings.max_steps) } else { est };
+        let est = if settings.max_steps > 0 {
+            est.min(settings.max_steps)
+        } else {
+            est
+        };
         let pb = bar(est as u64, &format!("epoch {epoch}/{epochs}"));
         let mut log = |s: &StepLog| -> Result<()> {
             let mut line = serde_json::json!({"kind": "train_step", "epoch": epoch, "step": s.step,
@@ -868,13 +901,20 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
                 progress.patience += 1;
                 if let (Some((patience, _, _)), Opt::Sgd(sgd)) = (settings.asgd, &st.opt) {
                     if progress.patience >= patience {
-                        tracing::info!("switching to ASGD after {} evaluations without improvement", progress.patience);
+                        tracing::info!(
+                            "switching to ASGD after {} evaluations without improvement",
+                            progress.patience
+                        );
                         st.opt = Opt::Asgd(settings.new_asgd(store, Some(sgd)));
                         progress.asgd = true;
                         progress.asgd_epoch = Some(epoch);
                     }
                 }
-                tracing::info!("mean perplexity {mean:.4} is not better than {:.4}; patience {}", progress.best_ppl, progress.patience);
+                tracing::info!(
+                    "mean perplexity {mean:.4} is not better than {:.4}; patience {}",
+                    progress.best_ppl,
+                    progress.patience
+                );
             }
             if let Some(raw) = raw {
                 store.load(&raw)?;
@@ -999,7 +1039,9 @@ mod tests {
 
     fn tokens() -> Vec<u32> {
         let mut r = rng::stream(9, "tokens", &[]);
-        (0..400).map(|_| rand::Rng::random_range(&mut r, 0..13u32)).collect()
+        (0..400)
+            .map(|_| rand::Rng::random_range(&mut r, 0..13u32))
+            .collect()
     }
 
     /// An absurd learning rate blows the loss up; the epoch stops, the best state (model and
@@ -1030,7 +1072,21 @@ mod tests {
         let mut sr = rng::stream(0, "sample", &[]);
         let mut none = |_: &StepLog| Ok(());
         let mut p2 = progress();
-        let out = train_epoch(&net, &store, &train, &Settings { max_steps: 2, ..sane }, &mut st, &mut p2, &mut sr, 1, &mut none).unwrap();
+        let out = train_epoch(
+            &net,
+            &store,
+            &train,
+            &Settings {
+                max_steps: 2,
+                ..sane
+            },
+            &mut st,
+            &mut p2,
+            &mut sr,
+            1,
+            &mut none,
+        )
+        .unwrap();
         assert!(out.nan.is_none() && out.steps == 2);
         let moved = snapshot(&store).unwrap();
         assert_ne!(
@@ -1044,8 +1100,13 @@ mod tests {
             steps += 1;
             Ok(())
         };
-        let out = train_epoch(&net, &store, &train, &s, &mut st, &mut p, &mut sr, 2, &mut count).unwrap();
-        let ev = out.nan.expect("the absurd learning rate must trip the NaN check");
+        let out = train_epoch(
+            &net, &store, &train, &s, &mut st, &mut p, &mut sr, 2, &mut count,
+        )
+        .unwrap();
+        let ev = out
+            .nan
+            .expect("the absurd learning rate must trip the NaN check");
         assert_eq!(ev.epoch, 2);
         assert_eq!(ev.restored_epoch, 7);
         assert_eq!(p.nan_rollbacks, vec![ev]);
@@ -1057,7 +1118,11 @@ mod tests {
         for (k, v) in snapshot(&store).unwrap() {
             assert_eq!(
                 v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                best_model[&k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                best_model[&k]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
                 "{k} not restored"
             );
         }
@@ -1065,7 +1130,10 @@ mod tests {
         // Non-finite weights are never checkpointed.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latest.safetensors");
-        store.params()[0].1.set(&(store.params()[0].1.as_tensor() * f64::NAN).unwrap()).unwrap();
+        store.params()[0]
+            .1
+            .set(&(store.params()[0].1.as_tensor() * f64::NAN).unwrap())
+            .unwrap();
         let e = save(&path, "h", &store, &st, &p).unwrap_err().to_string();
         assert!(e.contains("non-finite"), "{e}");
         assert!(!path.exists());
@@ -1074,7 +1142,9 @@ mod tests {
         let ck: Checkpoint<PtbProgress> = checkpoint::load(&path, "h", &dev).unwrap();
         assert!(all_finite(&ck.model).unwrap());
         let [cur, bm, bo] = unpack_optim(&ck.optim).unwrap();
-        assert!(cur.contains_key("touched") && bm.contains_key("rnn._W0") && bo.contains_key("touched"));
+        assert!(
+            cur.contains_key("touched") && bm.contains_key("rnn._W0") && bo.contains_key("touched")
+        );
     }
 
     #[test]

@@ -107,13 +107,7 @@ fn scatter_figure(dir: &Path, last: Option<&EvalRecord>) -> Result<String> {
             "supernet accuracy (inherited weights)",
         )
     };
-    let svg = plot::scatter(
-        &title,
-        x_desc,
-        y_desc,
-        &points,
-        (580, 440),
-    )?;
+    let svg = plot::scatter(&title, x_desc, y_desc, &points, (580, 440))?;
     Ok(format!("{svg}\n<figcaption>{} architectures with ground truth of {} evaluated; Spearman rho = {}, Pearson r = {}.</figcaption>", points.len(), rows.len(), fmt4(rec.spearman), fmt4(rec.pearson)))
 }
 

@@ -85,8 +85,7 @@ fn history_text(history: &[EvalRecord]) -> String {
     if history.iter().any(|e| e.mean_perplexity.is_some()) {
         // Perplexity runs (DARTS-PTB): the mean perplexity over the architectures (values of
         // 1e6 and above left out, as the study) instead of the accuracy.
-        let mut t =
-            String::from("\n epoch  archs  mean ppl  kendall  spearman  pearson  top-k\n");
+        let mut t = String::from("\n epoch  archs  mean ppl  kendall  spearman  pearson  top-k\n");
         for e in history {
             t.push_str(&format!(
                 "{:>6} {:>6} {:>9} {:>8} {:>9} {:>8} {:>6}\n",

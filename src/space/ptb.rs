@@ -182,7 +182,9 @@ impl Space for Ptb {
     }
 
     fn sample(&self, rng: &mut Rng) -> Arch {
-        let acts: Vec<usize> = (0..STEPS).map(|_| rng.random_range(0..Act::ALL.len())).collect();
+        let acts: Vec<usize> = (0..STEPS)
+            .map(|_| rng.random_range(0..Act::ALL.len()))
+            .collect();
         let mut steps = [Step {
             act: Act::Tanh,
             switch: 0,
@@ -232,7 +234,10 @@ mod tests {
         let msg = e(&A.replace(r#""act/3":1"#, r#""act/3":4"#));
         assert!(msg.contains("\"act/3\": unknown activation 4"), "{msg}");
         let msg = e(&A.replace(r#""act/3":1"#, r#""act/3":"relu""#));
-        assert!(msg.contains("\"act/3\"") && msg.contains("not a non-negative integer"), "{msg}");
+        assert!(
+            msg.contains("\"act/3\"") && msg.contains("not a non-negative integer"),
+            "{msg}"
+        );
         let msg = e(&A.replace(r#""switch/2":1"#, r#""switch/2":3"#));
         assert!(msg.contains("\"switch/2\": 3 is out of range"), "{msg}");
         let msg = e(&A.replace(r#""switch/2":1"#, r#""switch/2":-1"#));
@@ -282,7 +287,10 @@ mod tests {
             "{:#}",
             crate::space::benchmark::read::<Ptb>(&p, "valid_ppl").unwrap_err()
         );
-        assert!(e.contains("b.csv:3") && e.contains("\"switch/5\": 6 is out of range"), "{e}");
+        assert!(
+            e.contains("b.csv:3") && e.contains("\"switch/5\": 6 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -306,7 +314,10 @@ mod tests {
             assert_eq!(sw[i].len(), i + 1, "switch/{i} takes every value 0..={i}");
             for (&v, &c) in &sw[i] {
                 let f = c as f64 / n as f64;
-                assert!((f - 1.0 / (i + 1) as f64).abs() < 0.015, "switch/{i}={v}: {f}");
+                assert!(
+                    (f - 1.0 / (i + 1) as f64).abs() < 0.015,
+                    "switch/{i}={v}: {f}"
+                );
             }
         }
         let mut a = crate::rng::stream(5, "sample", &[]);

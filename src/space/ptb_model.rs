@@ -164,7 +164,11 @@ impl PtbNet {
 
     /// A zero hidden state for batch `n`.
     pub fn zero_hidden(&self, n: usize) -> Result<Tensor> {
-        Tensor::zeros((n, self.hidden), self.encoder.dtype(), self.encoder.device())
+        Tensor::zeros(
+            (n, self.hidden),
+            self.encoder.dtype(),
+            self.encoder.device(),
+        )
     }
 
     fn weights(&self, track: bool) -> Weights {
@@ -224,7 +228,10 @@ impl PtbNet {
             Some(m) => emb.broadcast_mul(&m.unsqueeze(0)?)?,
             None => emb,
         };
-        let xproj = xin.reshape((l * n, h))?.matmul(&w0x)?.reshape((l, n, 2 * h))?;
+        let xproj = xin
+            .reshape((l * n, h))?
+            .matmul(&w0x)?
+            .reshape((l, n, 2 * h))?;
         let mask_h = |t: &Tensor| -> Result<Tensor> {
             match &masks.h {
                 Some(m) => t.mul(m),
@@ -356,12 +363,21 @@ mod tests {
         }
         let arch = Ptb.sample(&mut sr);
         let out = net
-            .forward(&tokens, &net.zero_hidden(2).unwrap(), &arch, &Masks::none(), false)
+            .forward(
+                &tokens,
+                &net.zero_hidden(2).unwrap(),
+                &arch,
+                &Masks::none(),
+                false,
+            )
             .unwrap();
         let ce = loss(&out, &targets, 0.0, 0.0).unwrap().cross_entropy;
         let grads = ce.backward().unwrap();
         for (name, v) in store.params() {
-            assert!(grads.get(v.as_tensor()).is_none(), "{name}: eval built a graph");
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "{name}: eval built a graph"
+            );
         }
     }
 }

@@ -210,8 +210,15 @@ impl Asgd {
             None => None,
         };
         for key in state.keys() {
-            let known = [TOUCHED_KEY, HAS_STATE_KEY, STEP_KEY, ETA_KEY, MU_KEY, LR_KEY]
-                .contains(&key.as_str());
+            let known = [
+                TOUCHED_KEY,
+                HAS_STATE_KEY,
+                STEP_KEY,
+                ETA_KEY,
+                MU_KEY,
+                LR_KEY,
+            ]
+            .contains(&key.as_str());
             if !known
                 && key
                     .strip_prefix(AX_PREFIX)
@@ -324,7 +331,13 @@ mod tests {
     fn grads_for(v: &Var, g: &[f64]) -> GradStore {
         // d(sum(v * g))/dv = g
         let gt = Tensor::new(g, &Device::Cpu).unwrap();
-        v.as_tensor().mul(&gt).unwrap().sum_all().unwrap().backward().unwrap()
+        v.as_tensor()
+            .mul(&gt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
     }
 
     #[test]
@@ -345,7 +358,11 @@ mod tests {
         assert!((ax[0] - (-2.0 - 4.0 - 8.0) / 3.0).abs() < 1e-6, "{ax:?}");
         // State round trip: a restored optimizer continues identically.
         let st = o.state().unwrap();
-        let v2 = Var::new(v.as_tensor().to_vec1::<f64>().unwrap().as_slice(), &Device::Cpu).unwrap();
+        let v2 = Var::new(
+            v.as_tensor().to_vec1::<f64>().unwrap().as_slice(),
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut o2 = Asgd::new(vec![("w".into(), v2.clone())], cfg());
         o2.load_state(&st).unwrap();
         o.set_lr(3.0);
@@ -369,13 +386,19 @@ mod tests {
         o.step(&grads_for(&v, &[1.0, 1.0])).unwrap();
         let st = o.state().unwrap();
         let mut bad = st.clone();
-        bad.insert("ax.other".into(), Tensor::zeros(2, DType::F64, &Device::Cpu).unwrap());
+        bad.insert(
+            "ax.other".into(),
+            Tensor::zeros(2, DType::F64, &Device::Cpu).unwrap(),
+        );
         assert!(o.load_state(&bad).is_err());
         let mut bad = st.clone();
         bad.remove("ax.w");
         assert!(o.load_state(&bad).is_err());
         let mut bad = st.clone();
-        bad.insert("ax.w".into(), Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap());
+        bad.insert(
+            "ax.w".into(),
+            Tensor::zeros(3, DType::F64, &Device::Cpu).unwrap(),
+        );
         assert!(o.load_state(&bad).is_err());
         assert!(o.load_state(&st).is_ok());
     }

@@ -46,13 +46,15 @@ fn ground_truth(resolved: &Resolved) -> Result<Option<GroundTruth<Arch>>> {
     let cfg = &resolved.config;
     let path = match cfg.eval.ground_truth.as_str() {
         "none" => return Ok(None),
-        "auto" => match auto_benchmark(resolved) {
-            Some(p) => p,
-            None => {
-                tracing::warn!("benchmarks/ptb.csv not found: no ground truth, correlations are unavailable");
-                return Ok(None);
+        "auto" => {
+            match auto_benchmark(resolved) {
+                Some(p) => p,
+                None => {
+                    tracing::warn!("benchmarks/ptb.csv not found: no ground truth, correlations are unavailable");
+                    return Ok(None);
+                }
             }
-        },
+        }
         p => {
             let p = PathBuf::from(p);
             if !p.is_file() {
@@ -120,10 +122,7 @@ pub fn execute(
     let store = Store::new(device);
     let mut init_rng = rng::stream(cfg.experiment.seed, "init", &[]);
     let net = PtbNet::new(&store.root(), sc, corpus.vocab(), &mut init_rng)?;
-    tracing::info!(
-        "space ptb: keys {}",
-        space_ptb::keys().join(" ")
-    );
+    tracing::info!("space ptb: keys {}", space_ptb::keys().join(" "));
     let parts = PtbParts {
         net,
         store,
