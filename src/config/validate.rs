@@ -833,6 +833,51 @@ mod tests {
     }
 
     #[test]
+    fn ptb_checks_name_the_key() {
+        let ptb = |edit: &dyn Fn(&mut Config)| -> String {
+            let mut c = defaults::ptb();
+            edit(&mut c);
+            validate(&mut c, &at)
+                .map_err(|e| e.to_string())
+                .unwrap_err()
+        };
+        let space = |f: fn(&mut crate::config::PtbSpace)| {
+            move |c: &mut Config| {
+                if let Space::Ptb(s) = &mut c.space {
+                    f(s)
+                }
+            }
+        };
+        let e = ptb(&space(|s| s.hidden = 16));
+        assert!(e.contains("space.embedding must equal space.hidden"), "{e}");
+        let e = ptb(&space(|s| s.dropout_rnn_x = 1.0));
+        assert!(
+            e.contains("space.dropout_rnn_x must be in [0, 1) (got 1)"),
+            "{e}"
+        );
+        let e = ptb(&space(|s| s.beta = -1.0));
+        assert!(e.contains("space.beta must be >= 0"), "{e}");
+        let e = ptb(&space(|s| s.init_range = 0.0));
+        assert!(e.contains("space.init_range must be > 0"), "{e}");
+        let e = ptb(&|c| c.eval.bn_recalibration.steps = 2);
+        assert!(
+            e.contains("eval.bn_recalibration.steps must be 0 for space ptb"),
+            "{e}"
+        );
+        let e = ptb(&|c| c.eval.valid_images = 100);
+        assert!(e.contains("data.text.valid_tokens"), "{e}");
+        let e = ptb(&|c| {
+            if let Some(t) = &mut c.data.text {
+                t.bptt = 2;
+                t.max_seq_len_delta = 1;
+            }
+        });
+        assert!(e.contains("data.text.max_seq_len_delta"), "{e}");
+        let e = ptb(&|c| c.train.asgd.as_mut().unwrap().patience = 0);
+        assert!(e.contains("train.asgd.patience must be >= 1"), "{e}");
+    }
+
+    #[test]
     fn splits_and_datasets() {
         assert_eq!(
             check(|c| c.data.split = "cifar10valid".into()),
