@@ -156,15 +156,26 @@ pub fn darts() -> Config {
     c
 }
 
-/// DARTS-PTB: embedding and hidden 850, SGD lr 40 momentum 0 wd 8e-7, clip 0.1, batch 256,
-/// bptt 35 (evaluation batch 10), 3000 epochs, ASGD after 5 evaluations without improvement,
-/// 10 architectures, evaluation every 5 epochs, no evaluation before training, no BN.
+/// DARTS-PTB: embedding and hidden 850, dropouts 0.75 (output), 0.25 (h), 0.75 (x), 0.2
+/// (embedding output), 0.1 (words), init range 0.04, AR 0, TAR 1e-3; SGD lr 40 (scaled per
+/// batch by seq_len / bptt) momentum 0 wd 8e-7, clip 0.1, batch 256, bptt 35 (clamped to
+/// [5, 55]; evaluation batch 10), 3000 epochs, ASGD (t0 0, lambda 0) after 5 evaluations
+/// without improvement, 10 architectures at every evaluation, evaluation every 5 epochs, no
+/// evaluation before training, no BN (the study's `state_bn` is off).
 pub fn ptb() -> Config {
     let mut c = nb201();
     c.experiment.name = "ptb".into();
     c.space = Space::Ptb(PtbSpace {
         embedding: 850,
         hidden: 850,
+        dropout: 0.75,
+        dropout_rnn_h: 0.25,
+        dropout_rnn_x: 0.75,
+        dropout_inp: 0.2,
+        dropout_emb: 0.1,
+        init_range: 0.04,
+        alpha: 0.0,
+        beta: 1e-3,
     });
     c.data.dataset = Dataset::Ptb;
     c.data.root = PathBuf::from("data/ptb");
@@ -172,7 +183,12 @@ pub fn ptb() -> Config {
     c.data.augment = false;
     c.data.batch_size = 256;
     c.data.eval_batch_size = 10;
-    c.data.text = Some(TextData { bptt: 35 });
+    c.data.text = Some(TextData {
+        bptt: 35,
+        max_seq_len_delta: 20,
+        train_tokens: 0,
+        valid_tokens: 0,
+    });
     c.train.epochs = 3000;
     c.train.learning_rate = 40.0;
     c.train.momentum = 0.0;

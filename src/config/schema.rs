@@ -137,10 +137,26 @@ pub enum FinalPool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PtbSpace {
-    /// Embedding size (850), tied to the decoder.
+    /// Embedding size (850), tied to the decoder, so it must equal `hidden`.
     pub embedding: usize,
     /// Hidden size (850).
     pub hidden: usize,
+    /// Locked dropout on the RNN output (0.75).
+    pub dropout: f64,
+    /// Variational dropout on the hidden state fed to every step matrix (0.25).
+    pub dropout_rnn_h: f64,
+    /// Variational dropout on the input fed to the first matrix (0.75).
+    pub dropout_rnn_x: f64,
+    /// Locked dropout on the embedding output (0.2).
+    pub dropout_inp: f64,
+    /// Word (embedding-row) dropout (0.1).
+    pub dropout_emb: f64,
+    /// Uniform initialisation range of every weight (0.04).
+    pub init_range: f64,
+    /// Activation regularisation weight: alpha * mean(dropped output^2) (0).
+    pub alpha: f64,
+    /// Temporal activation regularisation weight: beta * mean((h_t - h_{t-1})^2) (1e-3).
+    pub beta: f64,
 }
 
 /// ProxylessNAS (ImageNet, MBConv choices).
@@ -196,6 +212,12 @@ pub struct Data {
 pub struct TextData {
     /// Mean training sequence length (35); evaluation uses it as the fixed length.
     pub bptt: usize,
+    /// Training sequence lengths are clamped to [5, bptt + max_seq_len_delta] (20).
+    pub max_seq_len_delta: usize,
+    /// Train on the first this many tokens of `train.txt` only (0 = all); for small runs.
+    pub train_tokens: usize,
+    /// Evaluate on the first this many tokens of `valid.txt` only (0 = all); for small runs.
+    pub valid_tokens: usize,
 }
 
 /// `[data.imagenet]`: ImageNet read through the study's file lists (ProxylessNAS).

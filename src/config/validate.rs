@@ -153,7 +153,46 @@ impl Checker<'_> {
             }
             Space::Ptb(s) => {
                 self.at_least_one("space.embedding", s.embedding)?;
-                self.at_least_one("space.hidden", s.hidden)
+                self.at_least_one("space.hidden", s.hidden)?;
+                // The decoder is the embedding matrix transposed, and the first matrix reads
+                // [x, h] as 2H: both need embedding = hidden, as in the study.
+                if s.embedding != s.hidden {
+                    return Err(self.fail(
+                        "space.embedding",
+                        format!(
+                            "space.embedding must equal space.hidden: the decoder is tied to the embedding (got {} and {})",
+                            s.embedding, s.hidden
+                        ),
+                    ));
+                }
+                for (key, p) in [
+                    ("space.dropout", s.dropout),
+                    ("space.dropout_rnn_h", s.dropout_rnn_h),
+                    ("space.dropout_rnn_x", s.dropout_rnn_x),
+                    ("space.dropout_inp", s.dropout_inp),
+                    ("space.dropout_emb", s.dropout_emb),
+                ] {
+                    self.float(key, p, (0.0..1.0).contains(&p), "in [0, 1)")?;
+                }
+                let r = s.init_range;
+                self.float("space.init_range", r, r > 0.0, "> 0")?;
+                self.float("space.alpha", s.alpha, s.alpha >= 0.0, ">= 0")?;
+                self.float("space.beta", s.beta, s.beta >= 0.0, ">= 0")?;
+                // BN of states (the study's `state_bn`, off in its runs) is not implemented.
+                let bn = config.eval.bn_recalibration.steps;
+                if bn > 0 {
+                    return Err(self.fail(
+                        "eval.bn_recalibration.steps",
+                        format!("eval.bn_recalibration.steps must be 0 for space ptb: its cell has no BatchNorm (got {bn})"),
+                    ));
+                }
+                if config.eval.valid_images > 0 {
+                    return Err(self.fail(
+                        "eval.valid_images",
+                        "eval.valid_images is for image datasets; space ptb evaluates on the first data.text.valid_tokens tokens".into(),
+                    ));
+                }
+                Ok(())
             }
             Space::Proxyless(s) => {
                 let w = s.width_mult;
@@ -232,6 +271,16 @@ impl Checker<'_> {
         }
         if let Some(t) = &d.text {
             self.at_least_one("data.text.bptt", t.bptt)?;
+            // The study's lower clamp of a drawn training length.
+            if t.bptt + t.max_seq_len_delta < 5 {
+                return Err(self.fail(
+                    "data.text.max_seq_len_delta",
+                    format!(
+                        "data.text.bptt + data.text.max_seq_len_delta must be >= 5, the shortest training sequence (got {})",
+                        t.bptt + t.max_seq_len_delta
+                    ),
+                ));
+            }
         }
         if let Some(i) = &d.imagenet {
             self.at_least_one("data.imagenet.image_size", i.image_size)?;
@@ -771,7 +820,7 @@ mod tests {
             )
         );
         let mut c = defaults::nb201();
-        c.data.text = Some(crate::config::TextData { bptt: 35 });
+        c.data.text = defaults::ptb().data.text;
         let e = validate(&mut c, &at).unwrap_err().to_string();
         assert!(
             e.contains("data.text is only for data.dataset = \"ptb\""),
@@ -788,6 +837,51 @@ mod tests {
             e.contains("needs train.schedule = \"warmup-cosine\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ptb_checks_name_the_key() {
+        let ptb = |edit: &dyn Fn(&mut Config)| -> String {
+            let mut c = defaults::ptb();
+            edit(&mut c);
+            validate(&mut c, &at)
+                .map_err(|e| e.to_string())
+                .unwrap_err()
+        };
+        let space = |f: fn(&mut crate::config::PtbSpace)| {
+            move |c: &mut Config| {
+                if let Space::Ptb(s) = &mut c.space {
+                    f(s)
+                }
+            }
+        };
+        let e = ptb(&space(|s| s.hidden = 16));
+        assert!(e.contains("space.embedding must equal space.hidden"), "{e}");
+        let e = ptb(&space(|s| s.dropout_rnn_x = 1.0));
+        assert!(
+            e.contains("space.dropout_rnn_x must be in [0, 1) (got 1)"),
+            "{e}"
+        );
+        let e = ptb(&space(|s| s.beta = -1.0));
+        assert!(e.contains("space.beta must be >= 0"), "{e}");
+        let e = ptb(&space(|s| s.init_range = 0.0));
+        assert!(e.contains("space.init_range must be > 0"), "{e}");
+        let e = ptb(&|c| c.eval.bn_recalibration.steps = 2);
+        assert!(
+            e.contains("eval.bn_recalibration.steps must be 0 for space ptb"),
+            "{e}"
+        );
+        let e = ptb(&|c| c.eval.valid_images = 100);
+        assert!(e.contains("data.text.valid_tokens"), "{e}");
+        let e = ptb(&|c| {
+            if let Some(t) = &mut c.data.text {
+                t.bptt = 2;
+                t.max_seq_len_delta = 1;
+            }
+        });
+        assert!(e.contains("data.text.max_seq_len_delta"), "{e}");
+        let e = ptb(&|c| c.train.asgd.as_mut().unwrap().patience = 0);
+        assert!(e.contains("train.asgd.patience must be >= 1"), "{e}");
     }
 
     #[test]

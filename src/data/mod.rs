@@ -12,6 +12,7 @@ pub mod image_folder;
 pub mod imagenet16;
 pub mod loader;
 pub mod pickle;
+pub mod ptb;
 pub mod splits;
 pub mod text;
 

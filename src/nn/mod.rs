@@ -8,6 +8,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod drop_path;
 pub mod factorized;
+pub mod dropout;
 mod host;
 pub mod init;
 pub mod linear;

@@ -41,7 +41,7 @@ pub struct Parts<S: Space, N: Supernet<Arch = S::Arch>> {
     pub eval_table: Option<benchmark::Table<S::Arch>>,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     let style =
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
@@ -52,7 +52,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
+pub(crate) fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
     let path = dir.file("metrics.jsonl");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -65,7 +65,7 @@ fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
 
 /// Drops metrics lines written after the checkpoint being resumed (they will be written again),
 /// and any partial line left by a kill.
-fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     let path = dir.file("metrics.jsonl");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
@@ -83,11 +83,25 @@ fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     super::dir::write_atomic(&path, kept.as_bytes())
 }
 
+/// Correlations of `scores` with the ground truth over the architectures that have one:
+/// (count, [Kendall tau-b, Spearman, Pearson, top-k overlap], k, ground-truth seed-to-seed tau).
 fn correlate<A: std::hash::Hash + Eq>(
     archs: &[A],
     scores: &[f64],
     gt: Option<&GroundTruth<A>>,
     frac: f64,
+) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
+    correlate_scores(archs, scores, gt, frac, false)
+}
+
+/// [`correlate`] for scores where lower is better on both sides (perplexity): the rank
+/// correlations are unchanged, and the top-k overlap compares the k LOWEST of each.
+pub(crate) fn correlate_scores<A: std::hash::Hash + Eq>(
+    archs: &[A],
+    scores: &[f64],
+    gt: Option<&GroundTruth<A>>,
+    frac: f64,
+    lower_is_better: bool,
 ) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
     let Some(gt) = gt else {
         return (0, [None; 4], 0, None);
@@ -103,6 +117,12 @@ fn correlate<A: std::hash::Hash + Eq>(
                 pairs2.0.push(*g);
                 pairs2.1.push(*g2);
             }
+        }
+    }
+    if lower_is_better {
+        // Negating both sides leaves tau, rho and r as they are and turns "top" into "lowest".
+        for v in x.iter_mut().chain(y.iter_mut()) {
+            *v = -*v;
         }
     }
     let k = ((x.len() as f64 * frac).round() as usize)
@@ -126,7 +146,7 @@ fn correlate<A: std::hash::Hash + Eq>(
     (x.len(), m, k, ceiling)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -610,6 +630,8 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         tau_fraction_of_noise_ceiling: tau_fraction,
         tricks: tricks.describe(),
         train_archset_size: tricks.train_archset_size(),
+        score: None,
+        space_details: None,
     };
     let final_ck = Checkpoint {
         model: parts.store.tensors(),

@@ -8,6 +8,8 @@
 pub mod benchmark;
 pub mod darts;
 pub mod nb201;
+pub mod ptb;
+pub mod ptb_model;
 
 use crate::nn::Mode;
 use crate::rng::Rng;
