@@ -98,7 +98,10 @@ fn nb101_path_matches_pytorch() {
         }
         // Arch a: 47 parameters on the path (stem 3, per cell 5 vertices' ops and the three
         // chosen projections, classifier 2); the unchosen ops and projections get none.
-        assert!(with_grad >= 40 && without >= 40, "{tag}: {with_grad} / {without}");
+        assert!(
+            with_grad >= 40 && without >= 40,
+            "{tag}: {with_grad} / {without}"
+        );
         // Vertex 2 of arch a does not choose the cell input, yet its projection ran in the
         // reference: its BN statistics moved while its weights got no gradient.
         if tag == "a" {
@@ -109,7 +112,10 @@ fn nb101_path_matches_pytorch() {
         for (name, var) in store.buffers() {
             let want = &fx[&format!("{tag}.train_buffers.{name}")];
             let e = rel_err(var.as_tensor(), want);
-            assert!(e < 1e-4, "{tag}: {name}: running stat after a train step, rel err {e}");
+            assert!(
+                e < 1e-4,
+                "{tag}: {name}: running stat after a train step, rel err {e}"
+            );
             worst = worst.max(e);
         }
         let eval = net

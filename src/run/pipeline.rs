@@ -592,6 +592,21 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         .as_ref()
         .and_then(|e| Some(e.kendall_tau? / e.ground_truth_seed_tau?))
         .and_then(finite);
+    let correlations_unavailable = match (&parts.ground_truth, &final_eval) {
+        (None, _) => Some("no ground truth for this run (eval.ground_truth)".to_string()),
+        (Some(gt), Some(e)) if e.kendall_tau.is_none() && e.num_with_ground_truth < 2 => {
+            Some(format!(
+                "{} of the {} evaluated architectures have ground truth in {}",
+                e.num_with_ground_truth,
+                e.num_archs,
+                gt.source.split(':').next().unwrap_or(&gt.source)
+            ))
+        }
+        _ => None,
+    };
+    if let Some(why) = &correlations_unavailable {
+        tracing::warn!("correlations are unavailable: {why}");
+    }
     let summary = Summary {
         experiment: cfg.experiment.name.clone(),
         config_hash: resolved.hash.clone(),
@@ -610,6 +625,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         tau_fraction_of_noise_ceiling: tau_fraction,
         tricks: tricks.describe(),
         train_archset_size: tricks.train_archset_size(),
+        correlations_unavailable,
     };
     let final_ck = Checkpoint {
         model: parts.store.tensors(),

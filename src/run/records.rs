@@ -84,6 +84,10 @@ pub struct Summary {
     /// focus-branch decisions), when the space has an archset.
     #[serde(default)]
     pub train_archset_size: Option<usize>,
+    /// Why the final evaluation has no correlations, when it has none (no ground truth, or
+    /// fewer than 2 evaluated architectures with ground truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlations_unavailable: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {

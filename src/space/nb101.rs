@@ -68,7 +68,10 @@ impl Arch {
         for t in 1..VERTICES {
             let m = inputs[t - 1];
             if m >> t != 0 {
-                bail!("input{t}: vertex {t} can only take inputs from vertices 0..{}", t - 1);
+                bail!(
+                    "input{t}: vertex {t} can only take inputs from vertices 0..{}",
+                    t - 1
+                );
             }
             let n = m.count_ones() as usize;
             if n != NUM_PARENTS[t] {
@@ -116,8 +119,8 @@ impl Arch {
     pub fn adjacency(&self) -> [[bool; VERTICES]; VERTICES] {
         let mut a = [[false; VERTICES]; VERTICES];
         for t in 1..VERTICES {
-            for j in self.parents(t) {
-                a[j][t] = true;
+            for (j, row) in a.iter_mut().enumerate().take(t) {
+                row[t] = self.input_mask(t) >> j & 1 != 0;
             }
         }
         a
@@ -321,9 +324,7 @@ impl Space for Nb101 {
             .with_context(|| format!("an NB101 arch must be a JSON object, got {value}"))?;
         let known = keys();
         if let Some(k) = obj.keys().find(|k| !known.contains(k)) {
-            bail!(
-                "unknown key {k:?} (an NB101 arch has the keys op1..op5 and input1..input6)"
-            );
+            bail!("unknown key {k:?} (an NB101 arch has the keys op1..op5 and input1..input6)");
         }
         let get = |k: &str| {
             obj.get(k)
@@ -413,8 +414,8 @@ mod tests {
                     b += 1;
                 }
             }
-            let parents_ok = (1..VERTICES)
-                .all(|t| (0..t).filter(|&j| adj[j][t]).count() == NUM_PARENTS[t]);
+            let parents_ok =
+                (1..VERTICES).all(|t| (0..t).filter(|&j| adj[j][t]).count() == NUM_PARENTS[t]);
             if !parents_ok || adj[0][6] {
                 continue;
             }
@@ -470,7 +471,10 @@ mod tests {
         let e = bad(|m| {
             m.insert("op2".into(), json!([1, 0]));
         });
-        assert!(e.contains("op2 must be a list of 3") && e.contains("2 elements"), "{e}");
+        assert!(
+            e.contains("op2 must be a list of 3") && e.contains("2 elements"),
+            "{e}"
+        );
         let e = bad(|m| {
             m.insert("op2".into(), json!([1, 1, 0]));
         });
@@ -486,7 +490,10 @@ mod tests {
         let e = bad(|m| {
             m.insert("input2".into(), json!([1, 1]));
         });
-        assert!(e.contains("input2: vertex 2 has 2 parents, the space needs 1"), "{e}");
+        assert!(
+            e.contains("input2: vertex 2 has 2 parents, the space needs 1"),
+            "{e}"
+        );
         let e = bad(|m| {
             m.insert("input5".into(), json!([0, 0, 1, 1, 1]));
         });
@@ -500,7 +507,10 @@ mod tests {
         let e = bad(|m| {
             m.insert("input6".into(), json!([0, 0, 0, 1, 0, 1]));
         });
-        assert!(e.contains("vertex 1 dangles") || e.contains("vertex 4 dangles"), "{e}");
+        assert!(
+            e.contains("vertex 1 dangles") || e.contains("vertex 4 dangles"),
+            "{e}"
+        );
         let e = format!("{:#}", Nb101::decode(&json!([1, 2])).unwrap_err());
         assert!(e.contains("must be a JSON object"), "{e}");
     }

@@ -126,7 +126,7 @@ impl Truth {
     /// One line for the log and `runner check`.
     pub fn describe(&self) -> String {
         format!(
-            "{}: {} of {} NAS-Bench-101 cells are representable in space 3, covering {} archset entries (isomorphic labellings included)",
+            "{}; {} of {} NAS-Bench-101 cells in space 3 ({} archset entries, isomorphic labellings included)",
             self.source,
             self.representable,
             self.rows,
@@ -196,8 +196,14 @@ pub fn read_csv(path: &Path) -> Result<Truth> {
         let line = rec.position().map_or(0, |p| p.line() as usize);
         let at = || format!("{}:{line}", path.display());
         let field = |c: usize| {
-            rec.get(c)
-                .with_context(|| format!("{}: the row has {} fields, the header {}", at(), rec.len(), headers.len()))
+            rec.get(c).with_context(|| {
+                format!(
+                    "{}: the row has {} fields, the header {}",
+                    at(),
+                    rec.len(),
+                    headers.len()
+                )
+            })
         };
         let num = |c: usize| -> Result<f64> {
             let s = field(c)?;
@@ -207,7 +213,10 @@ pub fn read_csv(path: &Path) -> Result<Truth> {
                 .filter(|v| v.is_finite())
                 .with_context(|| format!("{}: {} = {s:?} is not a number", at(), headers[c]))
         };
-        let ops: Vec<String> = field(ops_col)?.split('|').map(|s| s.trim().to_string()).collect();
+        let ops: Vec<String> = field(ops_col)?
+            .split('|')
+            .map(|s| s.trim().to_string())
+            .collect();
         let bits = field(adj_col)?.trim();
         let n = ops.len();
         if bits.len() != n * n || !bits.bytes().all(|b| b == b'0' || b == b'1') {
@@ -221,7 +230,8 @@ pub fn read_csv(path: &Path) -> Result<Truth> {
         let matrix: Vec<Vec<bool>> = (0..n)
             .map(|i| (0..n).map(|j| b[i * n + j] == b'1').collect())
             .collect();
-        let cell = Cell::new(matrix, ops).with_context(|| format!("{}: cell does not decode", at()))?;
+        let cell =
+            Cell::new(matrix, ops).with_context(|| format!("{}: cell does not decode", at()))?;
         let accs: Vec<f64> = if runs.is_empty() {
             vec![num(mean_col.unwrap_or(0))?]
         } else {
@@ -285,10 +295,28 @@ mod tests {
         // Row ff968f80...: val 0.865986, 0.882512, 0.877804; 3,292,298 parameters; two
         // labellings. Row ff97db03...: one.
         let want = (0.865986 + 0.882512 + 0.877804) / 3.0;
-        assert_eq!(t.scores.values().filter(|&&s| (s - want).abs() < 1e-12).count(), 2);
-        assert_eq!(t.params.values().filter(|&&p| (p - 3.292298).abs() < 1e-12).count(), 2);
+        assert_eq!(
+            t.scores
+                .values()
+                .filter(|&&s| (s - want).abs() < 1e-12)
+                .count(),
+            2
+        );
+        assert_eq!(
+            t.params
+                .values()
+                .filter(|&&p| (p - 3.292298).abs() < 1e-12)
+                .count(),
+            2
+        );
         let want = (0.906350 + 0.903646 + 0.899139) / 3.0;
-        assert_eq!(t.scores.values().filter(|&&s| (s - want).abs() < 1e-12).count(), 1);
+        assert_eq!(
+            t.scores
+                .values()
+                .filter(|&&s| (s - want).abs() < 1e-12)
+                .count(),
+            1
+        );
         assert!(t.describe().contains("2 of 30"), "{}", t.describe());
     }
 
@@ -310,7 +338,8 @@ mod tests {
             let mut ops: Vec<String> = vec!["input".into()];
             ops.extend(b.ops().iter().map(|&o| OPS[o as usize].to_string()));
             ops.push("output".into());
-            let cell_b = Cell::new(b.adjacency().iter().map(|r| r.to_vec()).collect(), ops).unwrap();
+            let cell_b =
+                Cell::new(b.adjacency().iter().map(|r| r.to_vec()).collect(), ops).unwrap();
             assert_eq!(cell_b.isomorphs(), iso);
         }
     }

@@ -45,7 +45,8 @@ impl ConvBnRelu {
         sc: &Nb101Space,
     ) -> Result<Self> {
         let fan_in = (k * k * c_in) as f64;
-        let w = init::truncated_normal(rng, &[c_out, c_in, k, k], (1.0 / fan_in).sqrt(), p.device())?;
+        let w =
+            init::truncated_normal(rng, &[c_out, c_in, k, k], (1.0 / fan_in).sqrt(), p.device())?;
         let params = ConvParams {
             stride: 1,
             padding: k / 2,
@@ -95,8 +96,10 @@ impl Cell {
     ) -> Result<Self> {
         // `assert out_channels % num_parents[-1] == 0` in the reference; the configuration
         // check refuses odd channels before anything is built.
-        if c_out % 2 != 0 {
-            candle_core::bail!("NB101 cell: {c_out} output channels cannot split over 2 output vertices");
+        if !c_out.is_multiple_of(2) {
+            candle_core::bail!(
+                "NB101 cell: {c_out} output channels cannot split over 2 output vertices"
+            );
         }
         let vc = c_out / 2;
         let mut vertices = vec![];
@@ -113,10 +116,24 @@ impl Cell {
             let mut conv3x3 = vec![];
             let mut conv1x1 = vec![];
             for c in 0..copies {
-                conv3x3.push(ConvBnRelu::new(&v.pp(name("conv3x3", c)), rng, vc, vc, 3, sc)?);
+                conv3x3.push(ConvBnRelu::new(
+                    &v.pp(name("conv3x3", c)),
+                    rng,
+                    vc,
+                    vc,
+                    3,
+                    sc,
+                )?);
             }
             for c in 0..copies {
-                conv1x1.push(ConvBnRelu::new(&v.pp(name("conv1x1", c)), rng, vc, vc, 1, sc)?);
+                conv1x1.push(ConvBnRelu::new(
+                    &v.pp(name("conv1x1", c)),
+                    rng,
+                    vc,
+                    vc,
+                    1,
+                    sc,
+                )?);
             }
             vertices.push(Vertex {
                 input,
@@ -170,10 +187,7 @@ impl Cell {
             };
             states.push(y);
         }
-        let chosen: Vec<&Tensor> = arch
-            .parents(VERTICES - 1)
-            .map(|j| &states[j - 1])
-            .collect();
+        let chosen: Vec<&Tensor> = arch.parents(VERTICES - 1).map(|j| &states[j - 1]).collect();
         Tensor::cat(&chosen, 1)
     }
 }
@@ -279,17 +293,33 @@ mod tests {
     fn shapes_names_and_init() {
         let dev = Device::Cpu;
         let store = Store::new(&dev);
-        let net = Nb101Net::new(&store.root(), &small(), 10, &mut crate::rng::stream(0, "init", &[])).unwrap();
+        let net = Nb101Net::new(
+            &store.root(),
+            &small(),
+            10,
+            &mut crate::rng::stream(0, "init", &[]),
+        )
+        .unwrap();
         let t = store.tensors();
         // Stack 2's cell goes 4 -> 8 channels: vertices of 4, projections from 4.
         assert_eq!(t["cells.1.vertex3.input.conv.weight"].dims(), &[4, 4, 1, 1]);
-        assert_eq!(t["cells.1.vertex3.conv3x3.conv.weight"].dims(), &[4, 4, 3, 3]);
-        assert_eq!(t["cells.0.vertex1.conv1x1.conv.weight"].dims(), &[2, 2, 1, 1]);
+        assert_eq!(
+            t["cells.1.vertex3.conv3x3.conv.weight"].dims(),
+            &[4, 4, 3, 3]
+        );
+        assert_eq!(
+            t["cells.0.vertex1.conv1x1.conv.weight"].dims(),
+            &[2, 2, 1, 1]
+        );
         assert_eq!(t["cells.0.vertex1.input.conv.weight"].dims(), &[2, 4, 1, 1]);
         assert_eq!(t["classifier.weight"].dims(), &[10, 8]);
         assert!(!t.contains_key("cells.0.vertex6.input.conv.weight"));
         // Truncated normal with std sqrt(1/fan_in): every value within 2 std.
-        let w = t["cells.1.vertex2.conv3x3.conv.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = t["cells.1.vertex2.conv3x3.conv.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let bound = 2.0 * (1.0f32 / 36.0).sqrt();
         assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > 0.1 * bound));
         let b = t["classifier.bias"].to_vec1::<f32>().unwrap();
@@ -298,7 +328,9 @@ mod tests {
         let space = Nb101::new();
         let mut r = crate::rng::stream(0, "x", &[]);
         let arch = space.sample(&mut r);
-        let out = net.forward(&x, &arch, &mut Ctx::new(Mode::Eval, &mut r)).unwrap();
+        let out = net
+            .forward(&x, &arch, &mut Ctx::new(Mode::Eval, &mut r))
+            .unwrap();
         assert_eq!(out.logits.dims(), &[2, 10]);
     }
 }
