@@ -303,3 +303,31 @@ fn study_nb101_trick_files_resolve_and_build() {
         (25, 400)
     );
 }
+
+/// The validation subset is the study's `sorted(RandomState(seed).permutation(95985)[:k])`
+/// of the archset in its enumeration order (fixture computed by NumPy:
+/// tests/fixtures/gen_nb101_archset.py), so a seed evaluates the study's architectures.
+#[test]
+fn validation_subset_is_the_studys() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nb101_archset.json");
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let space = Nb101::new();
+    let set = space.archset().unwrap();
+    for sub in fx["subsets"].as_array().unwrap() {
+        let seed = sub["seed"].as_u64().unwrap();
+        let k = sub["k"].as_u64().unwrap() as usize;
+        let mut cfg = config::defaults::for_kind("nb101").unwrap();
+        cfg.experiment.seed = seed;
+        let ts = TrickSet::new(&space, &cfg, None, None).unwrap();
+        let got = ts.eval_archs(&space, k);
+        let want: Vec<Arch> = sub["indices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| set[i.as_u64().unwrap() as usize])
+            .collect();
+        assert_eq!(got.len(), k);
+        assert_eq!(got, want, "seed {seed}");
+    }
+}
