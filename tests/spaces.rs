@@ -128,3 +128,78 @@ fn nb101_bad_ground_truth_fails_with_one_line() {
         assert!(stderr.contains(&want), "{stderr}");
     }
 }
+
+/// A killed NB101 run resumes from its checkpoint to exactly the numbers of an uninterrupted one.
+#[test]
+fn nb101_killed_run_resumes_to_identical_result() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let t = tempfile::tempdir().unwrap();
+    let cmd = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runner"));
+        c.env("RAYON_NUM_THREADS", "2")
+            .arg(repo().join("experiments/tiny/nb101.toml"));
+        for s in [
+            format!("experiment.output={}", out.display()),
+            "space.channels=8".into(),
+            "train.max_steps=6".into(),
+            "eval.num_archs=6".into(),
+            "eval.num_archs_intermediate=2".into(),
+            "eval.valid_images=100".into(),
+            "eval.bn_recalibration.steps=1".into(),
+        ] {
+            c.arg("--set").arg(s);
+        }
+        c
+    };
+    let (out_a, out_b) = (t.path().join("a"), t.path().join("b"));
+    let st = cmd(&out_a).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut child = cmd(&out_b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let ck = std::fs::read_dir(&out_b)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|e| e.unwrap().path().join("checkpoints/latest.safetensors"));
+        if ck.is_some_and(|p| p.exists()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended before it could be killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (dir_a, dir_b) = (run_dir(&out_a), run_dir(&out_b));
+    assert!(!dir_b.join("summary.json").exists(), "killed too late");
+    let st = cmd(&out_b).output().unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    let sa: serde_json::Value = serde_json::from_str(&read(&dir_a, "summary.json")).unwrap();
+    let sb: serde_json::Value = serde_json::from_str(&read(&dir_b, "summary.json")).unwrap();
+    for k in ["history", "final_eval", "final_train_loss", "steps"] {
+        assert_eq!(sa[k], sb[k], "{k}");
+    }
+    assert_eq!(
+        read(&dir_a, "eval/epoch_0003.csv"),
+        read(&dir_b, "eval/epoch_0003.csv")
+    );
+}
