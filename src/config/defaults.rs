@@ -121,6 +121,35 @@ pub fn nb101() -> Config {
     c
 }
 
+/// Trick settings whose study default depends on the space, by trick name: the layer of
+/// built-in defaults gets them under `tricks.<name>` only when a higher layer turns that trick
+/// on (so a bare `[tricks.multipath]` on NB101 means the study's NB101 script). NB101: 3
+/// multipath paths (tricks/nb101/multipath.py), 3 train-split folds by `op1`
+/// (tricks/nb101/train_split.py), augmented setup `00000` with 3 replicate copies
+/// (tricks/nb101/augmented_space.py).
+pub fn trick_defaults(kind: &str) -> Vec<(&'static str, toml::Table)> {
+    let table = |pairs: &[(&str, toml::Value)]| -> toml::Table {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    match kind {
+        "nb101" => vec![
+            ("multipath", table(&[("paths", 3.into())])),
+            (
+                "train_split",
+                table(&[("folds", 3.into()), ("key", "op1".into())]),
+            ),
+            (
+                "augmented",
+                table(&[("setup", "00000".into()), ("copies", 3.into())]),
+            ),
+        ],
+        _ => vec![],
+    }
+}
+
 /// DARTS-CIFAR10: C = 36, 20 cells, auxiliary head 0.4, drop-path 0.2, cutout 16, batch 128,
 /// SGD lr 0.025 momentum 0.9 wd 3e-4 (no Nesterov), clip 5, 600 epochs, BN recalibration
 /// 100 x 200, 256 validation architectures drawn of which 32 are evaluated at every

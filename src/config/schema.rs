@@ -545,7 +545,8 @@ pub struct PrunedKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Multipath {
-    /// Paths per step (the study: 5 on NB201, 3 on NB101).
+    /// Paths per step (the study: 5 on NB201, 3 on NB101; a present table on NB101 defaults
+    /// to 3).
     pub paths: usize,
     pub fairnas: bool,
 }
@@ -701,11 +702,11 @@ pub struct TrickInfo {
 
 /// Every trick, in the order they are applied and listed.
 pub const TRICKS: &[TrickInfo] = &[
-    TrickInfo { name: "pruned", spaces: &["nb201"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
-    TrickInfo { name: "multipath", spaces: &["nb201"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
-    TrickInfo { name: "omniscience", spaces: &["nb201"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
-    TrickInfo { name: "train_split", spaces: &["nb201"], needs: "an enumerated archset (val_acc: with ground truth)" },
-    TrickInfo { name: "augmented", spaces: &["nb201"], needs: "a setup string format and, for replicate, a supernet with op copies" },
-    TrickInfo { name: "cosine_restarts", spaces: &["nb201"], needs: "the per-step cosine schedule" },
-    TrickInfo { name: "focus_branch", spaces: &["nb201"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
+    TrickInfo { name: "pruned", spaces: &["nb201", "nb101"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
+    TrickInfo { name: "multipath", spaces: &["nb201", "nb101"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
+    TrickInfo { name: "omniscience", spaces: &["nb201", "nb101"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
+    TrickInfo { name: "train_split", spaces: &["nb201", "nb101"], needs: "an enumerated archset (val_acc: with ground truth)" },
+    TrickInfo { name: "augmented", spaces: &["nb201", "nb101"], needs: "a setup string format and, for replicate, a supernet with op copies" },
+    TrickInfo { name: "cosine_restarts", spaces: &["nb201", "nb101"], needs: "the per-step cosine schedule" },
+    TrickInfo { name: "focus_branch", spaces: &["nb201", "nb101"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
 ];

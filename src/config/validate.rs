@@ -126,6 +126,12 @@ impl Checker<'_> {
         match &config.space {
             Space::Nb101(s) => {
                 self.at_least_one("space.channels", s.channels)?;
+                if s.channels % 2 != 0 {
+                    return Err(self.fail(
+                        "space.channels",
+                        format!("space.channels must be even for nb101: each cell's output concatenates 2 vertices of half its channels (got {})", s.channels),
+                    ));
+                }
                 self.at_least_one("space.stacks", s.stacks)?;
                 self.at_least_one("space.cells_per_stack", s.cells_per_stack)?;
                 momentum("space.bn_momentum", s.bn_momentum)?;
@@ -393,6 +399,13 @@ impl Checker<'_> {
 const NB201_KEYS: [&str; 6] = ["0_1", "0_2", "0_3", "1_2", "1_3", "2_3"];
 const NB201_OPS: usize = 5;
 
+/// NAS-Bench-101 (space 3)'s arch keys in encoding order, its op keys and ops per op key.
+const NB101_KEYS: [&str; 11] = [
+    "input1", "input2", "input3", "input4", "input5", "input6", "op1", "op2", "op3", "op4", "op5",
+];
+const NB101_OP_KEYS: [&str; 5] = ["op1", "op2", "op3", "op4", "op5"];
+const NB101_OPS: usize = 3;
+
 impl Checker<'_> {
     /// `[tricks]`: ranges, the spaces each trick supports, and which tricks combine.
     fn tricks(&self, config: &Config) -> Result<(), ConfigError> {
@@ -420,6 +433,7 @@ impl Checker<'_> {
             ))
         };
         let nb201 = matches!(config.space, Space::Nb201(_));
+        let nb101 = matches!(config.space, Space::Nb101(_));
         let no_truth = config.eval.ground_truth == "none";
         if let Some(p) = &t.pruned {
             let map = p.to_map();
@@ -434,6 +448,15 @@ impl Checker<'_> {
                     return Err(self.fail(
                         "tricks.pruned",
                         format!("tricks.pruned: key {k:?} allows no value"),
+                    ));
+                }
+                if nb101 && !NB101_KEYS.contains(&k.as_str()) {
+                    return Err(self.fail(
+                        "tricks.pruned",
+                        format!(
+                            "tricks.pruned: {k:?} is not an NB101 key (keys: {})",
+                            NB101_KEYS.join(", ")
+                        ),
                     ));
                 }
                 if nb201 {
@@ -467,6 +490,16 @@ impl Checker<'_> {
                         format!(
                             "tricks.multipath.fairnas uses each of the {NB201_OPS} NB201 ops of every edge exactly once per step, \
                              so tricks.multipath.paths must be {NB201_OPS} (got {})",
+                            m.paths
+                        ),
+                    ));
+                }
+                if nb101 && m.paths != NB101_OPS {
+                    return Err(self.fail(
+                        "tricks.multipath.paths",
+                        format!(
+                            "tricks.multipath.fairnas uses each of the {NB101_OPS} NB101 ops of every vertex exactly once per step, \
+                             so tricks.multipath.paths must be {NB101_OPS} (got {})",
                             m.paths
                         ),
                     ));
@@ -540,6 +573,24 @@ impl Checker<'_> {
                     ));
                 }
             }
+            if s.kind == SplitKind::Structured && nb101 {
+                if !NB101_OP_KEYS.contains(&s.key.as_str()) {
+                    return Err(self.fail(
+                        "tricks.train_split.key",
+                        format!(
+                            "tricks.train_split.key: a structured NB101 split is by the op of one vertex, {} (got {:?})",
+                            NB101_OP_KEYS.join(", "),
+                            s.key
+                        ),
+                    ));
+                }
+                if s.folds > NB101_OPS {
+                    return Err(self.fail(
+                        "tricks.train_split.folds",
+                        format!("a structured split has one fold per op of the key: tricks.train_split.folds must be <= {NB101_OPS} (got {})", s.folds),
+                    ));
+                }
+            }
             if s.kind == SplitKind::ValAcc && no_truth {
                 return Err(self.fail(
                     "tricks.train_split.kind",
@@ -561,7 +612,23 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            let why = "augmented fixes the architecture, leaving nothing to restrict";
+            if nb101
+                && (a.setup.len() != NB101_OP_KEYS.len()
+                    || !a.setup.chars().all(|c| ('0'..='2').contains(&c)))
+            {
+                return Err(self.fail(
+                    "tricks.augmented.setup",
+                    format!(
+                        "tricks.augmented.setup must be 5 NB101 op indices 0..2 (conv3x3, conv1x1, maxpool3x3) for vertices 1..5 (got {:?})",
+                        a.setup
+                    ),
+                ));
+            }
+            let why = if nb101 {
+                "augmented fixes the ops of every vertex (the study refuses --pruned with it)"
+            } else {
+                "augmented fixes the architecture, leaving nothing to restrict"
+            };
             for (on, name) in [
                 (t.pruned.is_some(), "pruned"),
                 (t.omniscience.is_some(), "omniscience"),

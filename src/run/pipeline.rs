@@ -281,6 +281,30 @@ fn param_vars(store: &Store) -> Vec<Var> {
     store.params().into_iter().map(|(_, v)| v).collect()
 }
 
+/// Why the final evaluation has no correlations (no ground truth, or fewer than 2 evaluated
+/// architectures with ground truth), logged as a warning; `None` when it has them.
+pub(crate) fn correlations_unavailable<A>(
+    gt: Option<&GroundTruth<A>>,
+    final_eval: Option<&EvalRecord>,
+) -> Option<String> {
+    let why = match (gt, final_eval) {
+        (None, _) => Some("no ground truth for this run (eval.ground_truth)".to_string()),
+        (Some(gt), Some(e)) if e.kendall_tau.is_none() && e.num_with_ground_truth < 2 => {
+            Some(format!(
+                "{} of the {} evaluated architectures have ground truth in {}",
+                e.num_with_ground_truth,
+                e.num_archs,
+                gt.source.split(':').next().unwrap_or(&gt.source)
+            ))
+        }
+        _ => None,
+    };
+    if let Some(why) = &why {
+        tracing::warn!("correlations are unavailable: {why}");
+    }
+    why
+}
+
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
 pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     resolved: &Resolved,
@@ -612,6 +636,8 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         .as_ref()
         .and_then(|e| Some(e.kendall_tau? / e.ground_truth_seed_tau?))
         .and_then(finite);
+    let correlations_unavailable =
+        correlations_unavailable(parts.ground_truth.as_ref(), final_eval.as_ref());
     let summary = Summary {
         experiment: cfg.experiment.name.clone(),
         config_hash: resolved.hash.clone(),
@@ -632,6 +658,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         train_archset_size: tricks.train_archset_size(),
         score: None,
         space_details: None,
+        correlations_unavailable,
     };
     let final_ck = Checkpoint {
         model: parts.store.tensors(),

@@ -931,6 +931,8 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         .as_ref()
         .and_then(|e| Some(e.kendall_tau? / e.ground_truth_seed_tau?))
         .and_then(finite);
+    let correlations_unavailable =
+        super::pipeline::correlations_unavailable(parts.ground_truth.as_ref(), final_eval.as_ref());
     let summary = Summary {
         experiment: cfg.experiment.name.clone(),
         config_hash: resolved.hash.clone(),
@@ -950,6 +952,7 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         tricks: serde_json::Value::Object(Default::default()),
         train_archset_size: None,
         score: Some("perplexity".into()),
+        correlations_unavailable,
         space_details: Some(serde_json::json!({
             "score": "validation perplexity exp(mean token cross-entropy), lower is better; correlations are of supernet perplexity against the benchmark's",
             "best_epoch": progress.best_epoch,

@@ -92,6 +92,10 @@ pub struct Summary {
     /// epoch of the switch to ASGD, NaN roll-backs, what the final checkpoint holds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_details: Option<serde_json::Value>,
+    /// Why the final evaluation has no correlations, when it has none (no ground truth, or
+    /// fewer than 2 evaluated architectures with ground truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlations_unavailable: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {

@@ -58,6 +58,9 @@ pub fn summary_text(s: &Summary, folder: &Path) -> String {
         };
         t.push_str(&format!("score      {score}{note}\n"));
     }
+    if let Some(why) = &s.correlations_unavailable {
+        t.push_str(&format!("correlations unavailable: {why}\n"));
+    }
     if let Some(tricks) = s.tricks.as_object().filter(|o| !o.is_empty()) {
         let names: Vec<&str> = tricks.keys().map(String::as_str).collect();
         let size = s
