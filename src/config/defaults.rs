@@ -121,9 +121,39 @@ pub fn nb101() -> Config {
     c
 }
 
+/// Trick settings whose study default depends on the space, by trick name: the layer of
+/// built-in defaults gets them under `tricks.<name>` only when a higher layer turns that trick
+/// on (so a bare `[tricks.multipath]` on NB101 means the study's NB101 script). NB101: 3
+/// multipath paths (tricks/nb101/multipath.py), 3 train-split folds by `op1`
+/// (tricks/nb101/train_split.py), augmented setup `00000` with 3 replicate copies
+/// (tricks/nb101/augmented_space.py).
+pub fn trick_defaults(kind: &str) -> Vec<(&'static str, toml::Table)> {
+    let table = |pairs: &[(&str, toml::Value)]| -> toml::Table {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    match kind {
+        "nb101" => vec![
+            ("multipath", table(&[("paths", 3.into())])),
+            (
+                "train_split",
+                table(&[("folds", 3.into()), ("key", "op1".into())]),
+            ),
+            (
+                "augmented",
+                table(&[("setup", "00000".into()), ("copies", 3.into())]),
+            ),
+        ],
+        _ => vec![],
+    }
+}
+
 /// DARTS-CIFAR10: C = 36, 20 cells, auxiliary head 0.4, drop-path 0.2, cutout 16, batch 128,
 /// SGD lr 0.025 momentum 0.9 wd 3e-4 (no Nesterov), clip 5, 600 epochs, BN recalibration
-/// 100 x 200, 32 architectures at every evaluation, evaluation every 50 epochs, split 40k.
+/// 100 x 200, 256 validation architectures drawn of which 32 are evaluated at every
+/// evaluation, evaluation every 50 epochs, split 40k.
 pub fn darts() -> Config {
     let mut c = nb201();
     c.experiment.name = "darts".into();
@@ -132,6 +162,7 @@ pub fn darts() -> Config {
         layers: 20,
         auxiliary_weight: 0.4,
         drop_path: 0.2,
+        final_pool: FinalPool::Avg7,
     });
     c.data.split = "40k".into();
     c.data.batch_size = 128;
@@ -143,7 +174,9 @@ pub fn darts() -> Config {
     c.train.weight_decay = 3e-4;
     c.train.grad_clip = 5.0;
     c.eval.every = 50;
-    c.eval.num_archs = 32;
+    // The study draws `num_valid_arch` = 256 validation architectures from the sampler's stream
+    // (training sampling continues after them) and evaluates the first 32 at every evaluation.
+    c.eval.num_archs = 256;
     c.eval.num_archs_intermediate = 32;
     c.eval.bn_recalibration = BnRecalibration {
         steps: 100,
@@ -152,15 +185,26 @@ pub fn darts() -> Config {
     c
 }
 
-/// DARTS-PTB: embedding and hidden 850, SGD lr 40 momentum 0 wd 8e-7, clip 0.1, batch 256,
-/// bptt 35 (evaluation batch 10), 3000 epochs, ASGD after 5 evaluations without improvement,
-/// 10 architectures, evaluation every 5 epochs, no evaluation before training, no BN.
+/// DARTS-PTB: embedding and hidden 850, dropouts 0.75 (output), 0.25 (h), 0.75 (x), 0.2
+/// (embedding output), 0.1 (words), init range 0.04, AR 0, TAR 1e-3; SGD lr 40 (scaled per
+/// batch by seq_len / bptt) momentum 0 wd 8e-7, clip 0.1, batch 256, bptt 35 (clamped to
+/// [5, 55]; evaluation batch 10), 3000 epochs, ASGD (t0 0, lambda 0) after 5 evaluations
+/// without improvement, 10 architectures at every evaluation, evaluation every 5 epochs, no
+/// evaluation before training, no BN (the study's `state_bn` is off).
 pub fn ptb() -> Config {
     let mut c = nb201();
     c.experiment.name = "ptb".into();
     c.space = Space::Ptb(PtbSpace {
         embedding: 850,
         hidden: 850,
+        dropout: 0.75,
+        dropout_rnn_h: 0.25,
+        dropout_rnn_x: 0.75,
+        dropout_inp: 0.2,
+        dropout_emb: 0.1,
+        init_range: 0.04,
+        alpha: 0.0,
+        beta: 1e-3,
     });
     c.data.dataset = Dataset::Ptb;
     c.data.root = PathBuf::from("data/ptb");
@@ -168,7 +212,12 @@ pub fn ptb() -> Config {
     c.data.augment = false;
     c.data.batch_size = 256;
     c.data.eval_batch_size = 10;
-    c.data.text = Some(TextData { bptt: 35 });
+    c.data.text = Some(TextData {
+        bptt: 35,
+        max_seq_len_delta: 20,
+        train_tokens: 0,
+        valid_tokens: 0,
+    });
     c.train.epochs = 3000;
     c.train.learning_rate = 40.0;
     c.train.momentum = 0.0;

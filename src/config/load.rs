@@ -204,6 +204,21 @@ impl Layers {
             at: Place::Defaults { kind: kind.clone() },
             message: format!("cannot serialise the defaults: {e}"),
         })?;
+        let mut table = table;
+        // Space-specific trick defaults, only under the tricks a higher layer turns on.
+        for (name, defaults) in defaults::trick_defaults(&kind) {
+            if layers
+                .iter()
+                .any(|l| table_sets(&l.table, &["tricks", name]))
+            {
+                let tricks = table
+                    .entry("tricks")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(t) = tricks {
+                    t.insert(name.to_string(), toml::Value::Table(defaults));
+                }
+            }
+        }
         layers.insert(
             0,
             Layer {

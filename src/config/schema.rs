@@ -116,16 +116,47 @@ pub struct DartsSpace {
     pub auxiliary_weight: f64,
     /// Final drop-path probability; the probability at epoch e is drop_path * e / epochs.
     pub drop_path: f64,
+    /// Pooling before the classifier: `avg7` (the study's `AvgPool2d(7)`, which on the final
+    /// 8x8 map reads only the top-left 7x7) or `global` (average over the whole map).
+    #[serde(default)]
+    pub final_pool: FinalPool,
+}
+
+/// DARTS-CIFAR10's pooling before the classifier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalPool {
+    /// The study's quirk: a 7x7 average pool with stride 7 (the top-left 7x7 of the 8x8 map).
+    #[default]
+    Avg7,
+    /// Global average pooling (the clean behaviour).
+    Global,
 }
 
 /// DARTS-PTB: the recurrent cell language model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PtbSpace {
-    /// Embedding size (850), tied to the decoder.
+    /// Embedding size (850), tied to the decoder, so it must equal `hidden`.
     pub embedding: usize,
     /// Hidden size (850).
     pub hidden: usize,
+    /// Locked dropout on the RNN output (0.75).
+    pub dropout: f64,
+    /// Variational dropout on the hidden state fed to every step matrix (0.25).
+    pub dropout_rnn_h: f64,
+    /// Variational dropout on the input fed to the first matrix (0.75).
+    pub dropout_rnn_x: f64,
+    /// Locked dropout on the embedding output (0.2).
+    pub dropout_inp: f64,
+    /// Word (embedding-row) dropout (0.1).
+    pub dropout_emb: f64,
+    /// Uniform initialisation range of every weight (0.04).
+    pub init_range: f64,
+    /// Activation regularisation weight: alpha * mean(dropped output^2) (0).
+    pub alpha: f64,
+    /// Temporal activation regularisation weight: beta * mean((h_t - h_{t-1})^2) (1e-3).
+    pub beta: f64,
 }
 
 /// ProxylessNAS (ImageNet, MBConv choices).
@@ -181,6 +212,12 @@ pub struct Data {
 pub struct TextData {
     /// Mean training sequence length (35); evaluation uses it as the fixed length.
     pub bptt: usize,
+    /// Training sequence lengths are clamped to [5, bptt + max_seq_len_delta] (20).
+    pub max_seq_len_delta: usize,
+    /// Train on the first this many tokens of `train.txt` only (0 = all); for small runs.
+    pub train_tokens: usize,
+    /// Evaluate on the first this many tokens of `valid.txt` only (0 = all); for small runs.
+    pub valid_tokens: usize,
 }
 
 /// `[data.imagenet]`: ImageNet read through the study's file lists (ProxylessNAS).
@@ -570,7 +607,8 @@ pub struct PrunedKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Multipath {
-    /// Paths per step (the study: 5 on NB201, 3 on NB101).
+    /// Paths per step (the study: 5 on NB201, 3 on NB101; a present table on NB101 defaults
+    /// to 3).
     pub paths: usize,
     pub fairnas: bool,
 }
@@ -726,11 +764,11 @@ pub struct TrickInfo {
 
 /// Every trick, in the order they are applied and listed.
 pub const TRICKS: &[TrickInfo] = &[
-    TrickInfo { name: "pruned", spaces: &["nb201"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
-    TrickInfo { name: "multipath", spaces: &["nb201"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
-    TrickInfo { name: "omniscience", spaces: &["nb201"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
-    TrickInfo { name: "train_split", spaces: &["nb201"], needs: "an enumerated archset (val_acc: with ground truth)" },
-    TrickInfo { name: "augmented", spaces: &["nb201"], needs: "a setup string format and, for replicate, a supernet with op copies" },
-    TrickInfo { name: "cosine_restarts", spaces: &["nb201"], needs: "the per-step cosine schedule" },
-    TrickInfo { name: "focus_branch", spaces: &["nb201"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
+    TrickInfo { name: "pruned", spaces: &["nb201", "nb101"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
+    TrickInfo { name: "multipath", spaces: &["nb201", "nb101"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
+    TrickInfo { name: "omniscience", spaces: &["nb201", "nb101"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
+    TrickInfo { name: "train_split", spaces: &["nb201", "nb101"], needs: "an enumerated archset (val_acc: with ground truth)" },
+    TrickInfo { name: "augmented", spaces: &["nb201", "nb101"], needs: "a setup string format and, for replicate, a supernet with op copies" },
+    TrickInfo { name: "cosine_restarts", spaces: &["nb201", "nb101"], needs: "the per-step cosine schedule" },
+    TrickInfo { name: "focus_branch", spaces: &["nb201", "nb101"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
 ];

@@ -126,6 +126,12 @@ impl Checker<'_> {
         match &config.space {
             Space::Nb101(s) => {
                 self.at_least_one("space.channels", s.channels)?;
+                if s.channels % 2 != 0 {
+                    return Err(self.fail(
+                        "space.channels",
+                        format!("space.channels must be even for nb101: each cell's output concatenates 2 vertices of half its channels (got {})", s.channels),
+                    ));
+                }
                 self.at_least_one("space.stacks", s.stacks)?;
                 self.at_least_one("space.cells_per_stack", s.cells_per_stack)?;
                 momentum("space.bn_momentum", s.bn_momentum)?;
@@ -138,7 +144,14 @@ impl Checker<'_> {
             }
             Space::Darts(s) => {
                 self.at_least_one("space.channels", s.channels)?;
-                self.at_least_one("space.layers", s.layers)?;
+                // Reductions at layers / 3 and 2 * layers / 3 must be two distinct,
+                // non-adjacent cells (the reference asserts it), which needs at least 5.
+                if s.layers < 5 {
+                    return Err(self.fail(
+                        "space.layers",
+                        format!("space.layers must be >= 5 (got {}): the two reduction cells at layers / 3 and 2 * layers / 3 must be distinct and not adjacent", s.layers),
+                    ));
+                }
                 let w = s.auxiliary_weight;
                 self.float("space.auxiliary_weight", w, w >= 0.0, ">= 0")?;
                 let p = s.drop_path;
@@ -146,7 +159,46 @@ impl Checker<'_> {
             }
             Space::Ptb(s) => {
                 self.at_least_one("space.embedding", s.embedding)?;
-                self.at_least_one("space.hidden", s.hidden)
+                self.at_least_one("space.hidden", s.hidden)?;
+                // The decoder is the embedding matrix transposed, and the first matrix reads
+                // [x, h] as 2H: both need embedding = hidden, as in the study.
+                if s.embedding != s.hidden {
+                    return Err(self.fail(
+                        "space.embedding",
+                        format!(
+                            "space.embedding must equal space.hidden: the decoder is tied to the embedding (got {} and {})",
+                            s.embedding, s.hidden
+                        ),
+                    ));
+                }
+                for (key, p) in [
+                    ("space.dropout", s.dropout),
+                    ("space.dropout_rnn_h", s.dropout_rnn_h),
+                    ("space.dropout_rnn_x", s.dropout_rnn_x),
+                    ("space.dropout_inp", s.dropout_inp),
+                    ("space.dropout_emb", s.dropout_emb),
+                ] {
+                    self.float(key, p, (0.0..1.0).contains(&p), "in [0, 1)")?;
+                }
+                let r = s.init_range;
+                self.float("space.init_range", r, r > 0.0, "> 0")?;
+                self.float("space.alpha", s.alpha, s.alpha >= 0.0, ">= 0")?;
+                self.float("space.beta", s.beta, s.beta >= 0.0, ">= 0")?;
+                // BN of states (the study's `state_bn`, off in its runs) is not implemented.
+                let bn = config.eval.bn_recalibration.steps;
+                if bn > 0 {
+                    return Err(self.fail(
+                        "eval.bn_recalibration.steps",
+                        format!("eval.bn_recalibration.steps must be 0 for space ptb: its cell has no BatchNorm (got {bn})"),
+                    ));
+                }
+                if config.eval.valid_images > 0 {
+                    return Err(self.fail(
+                        "eval.valid_images",
+                        "eval.valid_images is for image datasets; space ptb evaluates on the first data.text.valid_tokens tokens".into(),
+                    ));
+                }
+                Ok(())
             }
             Space::Proxyless(s) => {
                 let w = s.width_mult;
@@ -225,6 +277,16 @@ impl Checker<'_> {
         }
         if let Some(t) = &d.text {
             self.at_least_one("data.text.bptt", t.bptt)?;
+            // The study's lower clamp of a drawn training length.
+            if t.bptt + t.max_seq_len_delta < 5 {
+                return Err(self.fail(
+                    "data.text.max_seq_len_delta",
+                    format!(
+                        "data.text.bptt + data.text.max_seq_len_delta must be >= 5, the shortest training sequence (got {})",
+                        t.bptt + t.max_seq_len_delta
+                    ),
+                ));
+            }
         }
         if let Some(i) = &d.imagenet {
             self.at_least_one("data.imagenet.image_size", i.image_size)?;
@@ -346,6 +408,13 @@ impl Checker<'_> {
 const NB201_KEYS: [&str; 6] = ["0_1", "0_2", "0_3", "1_2", "1_3", "2_3"];
 const NB201_OPS: usize = 5;
 
+/// NAS-Bench-101 (space 3)'s arch keys in encoding order, its op keys and ops per op key.
+const NB101_KEYS: [&str; 11] = [
+    "input1", "input2", "input3", "input4", "input5", "input6", "op1", "op2", "op3", "op4", "op5",
+];
+const NB101_OP_KEYS: [&str; 5] = ["op1", "op2", "op3", "op4", "op5"];
+const NB101_OPS: usize = 3;
+
 impl Checker<'_> {
     /// `[tricks]`: ranges, the spaces each trick supports, and which tricks combine.
     fn tricks(&self, config: &Config) -> Result<(), ConfigError> {
@@ -373,6 +442,7 @@ impl Checker<'_> {
             ))
         };
         let nb201 = matches!(config.space, Space::Nb201(_));
+        let nb101 = matches!(config.space, Space::Nb101(_));
         let no_truth = config.eval.ground_truth == "none";
         if let Some(p) = &t.pruned {
             let map = p.to_map();
@@ -387,6 +457,15 @@ impl Checker<'_> {
                     return Err(self.fail(
                         "tricks.pruned",
                         format!("tricks.pruned: key {k:?} allows no value"),
+                    ));
+                }
+                if nb101 && !NB101_KEYS.contains(&k.as_str()) {
+                    return Err(self.fail(
+                        "tricks.pruned",
+                        format!(
+                            "tricks.pruned: {k:?} is not an NB101 key (keys: {})",
+                            NB101_KEYS.join(", ")
+                        ),
                     ));
                 }
                 if nb201 {
@@ -420,6 +499,16 @@ impl Checker<'_> {
                         format!(
                             "tricks.multipath.fairnas uses each of the {NB201_OPS} NB201 ops of every edge exactly once per step, \
                              so tricks.multipath.paths must be {NB201_OPS} (got {})",
+                            m.paths
+                        ),
+                    ));
+                }
+                if nb101 && m.paths != NB101_OPS {
+                    return Err(self.fail(
+                        "tricks.multipath.paths",
+                        format!(
+                            "tricks.multipath.fairnas uses each of the {NB101_OPS} NB101 ops of every vertex exactly once per step, \
+                             so tricks.multipath.paths must be {NB101_OPS} (got {})",
                             m.paths
                         ),
                     ));
@@ -493,6 +582,24 @@ impl Checker<'_> {
                     ));
                 }
             }
+            if s.kind == SplitKind::Structured && nb101 {
+                if !NB101_OP_KEYS.contains(&s.key.as_str()) {
+                    return Err(self.fail(
+                        "tricks.train_split.key",
+                        format!(
+                            "tricks.train_split.key: a structured NB101 split is by the op of one vertex, {} (got {:?})",
+                            NB101_OP_KEYS.join(", "),
+                            s.key
+                        ),
+                    ));
+                }
+                if s.folds > NB101_OPS {
+                    return Err(self.fail(
+                        "tricks.train_split.folds",
+                        format!("a structured split has one fold per op of the key: tricks.train_split.folds must be <= {NB101_OPS} (got {})", s.folds),
+                    ));
+                }
+            }
             if s.kind == SplitKind::ValAcc && no_truth {
                 return Err(self.fail(
                     "tricks.train_split.kind",
@@ -514,7 +621,23 @@ impl Checker<'_> {
                     ),
                 ));
             }
-            let why = "augmented fixes the architecture, leaving nothing to restrict";
+            if nb101
+                && (a.setup.len() != NB101_OP_KEYS.len()
+                    || !a.setup.chars().all(|c| ('0'..='2').contains(&c)))
+            {
+                return Err(self.fail(
+                    "tricks.augmented.setup",
+                    format!(
+                        "tricks.augmented.setup must be 5 NB101 op indices 0..2 (conv3x3, conv1x1, maxpool3x3) for vertices 1..5 (got {:?})",
+                        a.setup
+                    ),
+                ));
+            }
+            let why = if nb101 {
+                "augmented fixes the ops of every vertex (the study refuses --pruned with it)"
+            } else {
+                "augmented fixes the architecture, leaving nothing to restrict"
+            };
             for (on, name) in [
                 (t.pruned.is_some(), "pruned"),
                 (t.omniscience.is_some(), "omniscience"),
@@ -773,7 +896,7 @@ mod tests {
             )
         );
         let mut c = defaults::nb201();
-        c.data.text = Some(crate::config::TextData { bptt: 35 });
+        c.data.text = defaults::ptb().data.text;
         let e = validate(&mut c, &at).unwrap_err().to_string();
         assert!(
             e.contains("data.text is only for data.dataset = \"ptb\""),
@@ -790,6 +913,51 @@ mod tests {
             e.contains("needs train.schedule = \"warmup-cosine\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ptb_checks_name_the_key() {
+        let ptb = |edit: &dyn Fn(&mut Config)| -> String {
+            let mut c = defaults::ptb();
+            edit(&mut c);
+            validate(&mut c, &at)
+                .map_err(|e| e.to_string())
+                .unwrap_err()
+        };
+        let space = |f: fn(&mut crate::config::PtbSpace)| {
+            move |c: &mut Config| {
+                if let Space::Ptb(s) = &mut c.space {
+                    f(s)
+                }
+            }
+        };
+        let e = ptb(&space(|s| s.hidden = 16));
+        assert!(e.contains("space.embedding must equal space.hidden"), "{e}");
+        let e = ptb(&space(|s| s.dropout_rnn_x = 1.0));
+        assert!(
+            e.contains("space.dropout_rnn_x must be in [0, 1) (got 1)"),
+            "{e}"
+        );
+        let e = ptb(&space(|s| s.beta = -1.0));
+        assert!(e.contains("space.beta must be >= 0"), "{e}");
+        let e = ptb(&space(|s| s.init_range = 0.0));
+        assert!(e.contains("space.init_range must be > 0"), "{e}");
+        let e = ptb(&|c| c.eval.bn_recalibration.steps = 2);
+        assert!(
+            e.contains("eval.bn_recalibration.steps must be 0 for space ptb"),
+            "{e}"
+        );
+        let e = ptb(&|c| c.eval.valid_images = 100);
+        assert!(e.contains("data.text.valid_tokens"), "{e}");
+        let e = ptb(&|c| {
+            if let Some(t) = &mut c.data.text {
+                t.bptt = 2;
+                t.max_seq_len_delta = 1;
+            }
+        });
+        assert!(e.contains("data.text.max_seq_len_delta"), "{e}");
+        let e = ptb(&|c| c.train.asgd.as_mut().unwrap().patience = 0);
+        assert!(e.contains("train.asgd.patience must be >= 1"), "{e}");
     }
 
     #[test]

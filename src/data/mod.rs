@@ -14,6 +14,7 @@ pub mod imagenet16;
 pub mod loader;
 pub mod pickle;
 pub mod resize;
+pub mod ptb;
 pub mod splits;
 pub mod text;
 

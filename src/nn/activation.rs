@@ -1,7 +1,7 @@
 //! Activations with PyTorch's gradients (candle's ReLU passes gradient 1 at exactly 0, and its
 //! clamp splits the gradient at the bounds).
 
-use super::host::{cpu_tensor, f32_data, is_cpu_f32, with_f32};
+use super::host::{cpu_tensor, f32_data, is_cpu_f32, par_map, par_zip, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// ReLU whose gradient at 0 is 0, like PyTorch.
@@ -85,7 +85,7 @@ impl CustomOp1 for Clip {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l)?;
-        let y: Vec<f32> = x.iter().map(|&v| self.fwd(v)).collect();
+        let y = par_map(&x, |v| self.fwd(v));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -100,10 +100,7 @@ impl CustomOp1 for Clip {
         }
         let dx = with_f32(arg, |x| {
             with_f32(grad, |g| {
-                Ok(x.iter()
-                    .zip(g)
-                    .map(|(&v, &gv)| if self.passes(v) { gv } else { 0.0 })
-                    .collect())
+                Ok(par_zip(x, g, |v, gv| if self.passes(v) { gv } else { 0.0 }))
             })
         })?;
         cpu_tensor(dx, arg.dims()).map(Some)

@@ -5,7 +5,8 @@
 //! devices compose candle's differentiable ops to the same function.
 
 use super::host::{
-    cpu_tensor, f32_data, is_cpu_f32, nchw, sum_g_gx, sum_shifted, sum_sq_shifted, with_f32,
+    cpu_tensor, f32_data, is_cpu_f32, nchw, par_build, par_planes, sum_g_gx, sum_shifted,
+    sum_sq_shifted, with_f32,
 };
 use super::store::{Path, Recalibrate};
 use super::Mode;
@@ -349,10 +350,15 @@ fn batch_stats_cpu(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
         let shift: Vec<f32> = (0..c).map(|ch| data[ch * hw]).collect();
         let mut s1 = vec![0f64; c];
         let mut s2 = vec![0f64; c];
-        for (i, plane) in data.chunks_exact(hw).enumerate() {
-            let ch = i % c;
-            s1[ch] += sum_shifted(plane, shift[ch]);
-            s2[ch] += sum_sq_shifted(plane, shift[ch]);
+        // Per-plane sums in parallel, added per channel in plane order (thread-count
+        // independent).
+        let sums = par_planes(&data[..n * c * hw], hw, |i, plane| {
+            let sh = shift[i % c];
+            (sum_shifted(plane, sh), sum_sq_shifted(plane, sh))
+        });
+        for (i, (a, b)) in sums.into_iter().enumerate() {
+            s1[i % c] += a;
+            s2[i % c] += b;
         }
         let mean = (0..c).map(|ch| shift[ch] as f64 + s1[ch] / count).collect();
         let var = (0..c)
@@ -384,13 +390,22 @@ impl BnOp {
         if c != self.mean.len() {
             bail!("BatchNorm: input {dims:?} for {} channels", self.mean.len());
         }
-        let mut y = Vec::with_capacity(x.len());
-        for (i, plane) in x.chunks_exact(hw.max(1)).enumerate() {
-            let ch = i % c;
-            let scale = self.invstd[ch] * w.map_or(1.0, |w| w[ch]);
-            let (m, shift) = (self.mean[ch], b.map_or(0.0, |b| b[ch]));
-            y.extend(plane.iter().map(|&v| (v - m) * scale + shift));
-        }
+        let hw = hw.max(1);
+        let n = x.len() / hw * hw;
+        let y = par_build(n, hw, |start, out| {
+            for (k, (o_plane, plane)) in out
+                .chunks_mut(hw)
+                .zip(x[start..].chunks_exact(hw))
+                .enumerate()
+            {
+                let ch = (start / hw + k) % c;
+                let scale = self.invstd[ch] * w.map_or(1.0, |w| w[ch]);
+                let (m, shift) = (self.mean[ch], b.map_or(0.0, |b| b[ch]));
+                for (o, &v) in o_plane.iter_mut().zip(plane) {
+                    o.write((v - m) * scale + shift);
+                }
+            }
+        });
         Ok(y)
     }
 
@@ -419,11 +434,12 @@ impl BnOp {
         }
         let mut sg = vec![0f64; c];
         let mut sgx = vec![0f64; c];
-        for (i, (gp, xp)) in g.chunks_exact(hw).zip(x.chunks_exact(hw)).enumerate() {
-            let ch = i % c;
-            let (a, b) = sum_g_gx(gp, xp, self.mean[ch]);
-            sg[ch] += a;
-            sgx[ch] += b;
+        let sums = par_planes(g, hw, |i, gp| {
+            sum_g_gx(gp, &x[i * hw..(i + 1) * hw], self.mean[i % c])
+        });
+        for (i, (a, b)) in sums.into_iter().enumerate() {
+            sg[i % c] += a;
+            sgx[i % c] += b;
         }
         let count = (n * hw) as f64;
         // dx = w invstd (g - mean(g) - xhat mean(g xhat)) in train mode; w invstd g in eval.
@@ -442,21 +458,25 @@ impl BnOp {
                 }
             })
             .collect();
-        let mut dx = Vec::with_capacity(x.len());
-        for (i, (gp, xp)) in g.chunks_exact(hw).zip(x.chunks_exact(hw)).enumerate() {
-            let ch = i % c;
-            let (k1, k2, k3) = coef[ch];
-            let m = self.mean[ch];
-            if self.train {
-                dx.extend(
-                    gp.iter()
-                        .zip(xp)
-                        .map(|(&gv, &xv)| k1 * (gv - k2 - (xv - m) * k3)),
-                );
-            } else {
-                dx.extend(gp.iter().map(|&gv| k1 * gv));
+        let dx = par_build(x.len(), hw, |start, out| {
+            let planes = out
+                .chunks_mut(hw)
+                .zip(g[start..].chunks_exact(hw).zip(x[start..].chunks_exact(hw)));
+            for (k, (o_plane, (gp, xp))) in planes.enumerate() {
+                let ch = (start / hw + k) % c;
+                let (k1, k2, k3) = coef[ch];
+                let m = self.mean[ch];
+                if self.train {
+                    for ((o, &gv), &xv) in o_plane.iter_mut().zip(gp).zip(xp) {
+                        o.write(k1 * (gv - k2 - (xv - m) * k3));
+                    }
+                } else {
+                    for (o, &gv) in o_plane.iter_mut().zip(gp) {
+                        o.write(k1 * gv);
+                    }
+                }
             }
-        }
+        });
         let dw = (0..c)
             .map(|ch| (sgx[ch] * self.invstd[ch] as f64) as f32)
             .collect();

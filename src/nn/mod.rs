@@ -6,6 +6,9 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod drop_path;
+pub mod dropout;
+pub mod factorized;
 mod host;
 pub mod init;
 pub mod linear;
@@ -15,6 +18,7 @@ pub mod store;
 
 pub use batchnorm::BatchNorm;
 pub use conv::{conv2d, Conv2d, ConvParams};
+pub use factorized::FactorizedReduce;
 pub use linear::Linear;
 pub use store::{Path, Recalibrate, Store};
 

@@ -4,8 +4,12 @@
 //! candle's differentiable ops (strided window gathers with `index_select`). Output size is
 //! `floor((H + 2p - k) / s) + 1` (PyTorch's `ceil_mode = False`).
 
-use super::host::{cpu_tensor, f32_data, is_cpu_f32, nchw, with_f32};
+use super::host::{cpu_tensor, f32_data, is_cpu_f32, nchw, par_build, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Input elements per parallel backward task (whole planes).
+const PLANES_PER_TASK: usize = 1 << 15;
 
 /// Average pooling over k x k windows; `count_include_pad = false` divides by the number of
 /// in-bounds elements (PyTorch's `AvgPool2d(count_include_pad=False)`).
@@ -154,34 +158,42 @@ impl Pool {
         let rows = self.windows(h)?;
         let cols = self.windows(w)?;
         let (ho, wo) = (rows.len(), cols.len());
+        if x.len() < n * c * h * w {
+            bail!("pooling: {} inputs for {dims:?}", x.len());
+        }
         let taps: Vec<(usize, usize)> = (0..self.k).map(|d| self.tap_range(d, w, wo)).collect();
         let s = self.stride;
-        let mut y = Vec::with_capacity(n * c * ho * wo);
-        let mut acc = vec![0f32; wo];
-        for plane in x.chunks_exact(h * w).take(n * c) {
-            for (oh, r) in rows.iter().enumerate() {
-                match self.kind {
-                    Kind::Max => {
-                        acc.fill(f32::NEG_INFINITY);
-                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
-                            tap_max(&mut acc[lo..hi], &plane[ih * w + ic..], s)
-                        });
-                        y.extend_from_slice(&acc);
-                    }
-                    Kind::Avg { .. } => {
-                        acc.fill(0.0);
-                        self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
-                            tap_add(&mut acc[lo..hi], &plane[ih * w + ic..], s)
-                        });
-                        y.extend(
-                            acc.iter()
-                                .zip(&cols)
-                                .map(|(&a, cw)| a / self.divisor(r, cw)),
-                        );
+        let out_plane = ho * wo;
+        // Planes in parallel (each output plane reads one input plane).
+        let y = par_build(n * c * out_plane, out_plane, |start, out| {
+            let mut acc = vec![0f32; wo];
+            let first = start / out_plane;
+            for (k, o_plane) in out.chunks_mut(out_plane).enumerate() {
+                let plane = &x[(first + k) * h * w..(first + k + 1) * h * w];
+                for ((oh, r), o_row) in rows.iter().enumerate().zip(o_plane.chunks_mut(wo)) {
+                    match self.kind {
+                        Kind::Max => {
+                            acc.fill(f32::NEG_INFINITY);
+                            self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                                tap_max(&mut acc[lo..hi], &plane[ih * w + ic..], s)
+                            });
+                            for (o, &a) in o_row.iter_mut().zip(&acc) {
+                                o.write(a);
+                            }
+                        }
+                        Kind::Avg { .. } => {
+                            acc.fill(0.0);
+                            self.for_taps(oh, h, &taps, |ih, ic, lo, hi| {
+                                tap_add(&mut acc[lo..hi], &plane[ih * w + ic..], s)
+                            });
+                            for ((o, &a), cw) in o_row.iter_mut().zip(&acc).zip(&cols) {
+                                o.write(a / self.divisor(r, cw));
+                            }
+                        }
                     }
                 }
             }
-        }
+        });
         Ok(y)
     }
 
@@ -209,13 +221,14 @@ impl Pool {
         let taps: Vec<(usize, usize)> = (0..self.k).map(|d| self.tap_range(d, w, wo)).collect();
         let s = self.stride;
         let mut dx = vec![0f32; n * c * h * w];
-        let mut pending = vec![true; wo];
-        let mut share = vec![0f32; wo];
         let planes = dx
-            .chunks_exact_mut(h * w)
-            .zip(x.chunks_exact(h * w))
-            .zip(g.chunks_exact(ho * wo).zip(y.chunks_exact(ho * wo)));
-        for ((dplane, xplane), (gplane, yplane)) in planes {
+            .par_chunks_mut(h * w)
+            .with_min_len(PLANES_PER_TASK.div_ceil(h * w))
+            .zip(x.par_chunks(h * w))
+            .zip(g.par_chunks(ho * wo).zip(y.par_chunks(ho * wo)));
+        planes.for_each(|((dplane, xplane), (gplane, yplane))| {
+            let mut pending = vec![true; wo];
+            let mut share = vec![0f32; wo];
             let out_rows = gplane.chunks_exact(wo).zip(yplane.chunks_exact(wo));
             for (oh, (r, (grow, yrow))) in rows.iter().zip(out_rows).enumerate() {
                 match self.kind {
@@ -252,7 +265,7 @@ impl Pool {
                     }
                 }
             }
-        }
+        });
         Ok(dx)
     }
 

@@ -31,20 +31,30 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
     }
 }
 
+/// The `data:` line of `runner check`.
+fn describe_data(data: &crate::data::Split) -> String {
+    format!(
+        "data: {} training images, {} validation images, {} classes\n",
+        data.train_indices.len(),
+        data.valid_indices.len(),
+        data.num_classes
+    )
+}
+
 /// Everything `runner check` verifies without training: data, ground truth, the model builds.
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
     device(&cfg.device)?;
     let space_report = match &cfg.space {
-        config::Space::Nb101(_) => setup::nb101::check(resolved)?,
+        config::Space::Nb101(_) => {
+            let data = crate::data::build(&cfg.data)?;
+            let mut r = describe_data(&data);
+            r.push_str(&setup::nb101::check(resolved)?);
+            r
+        }
         config::Space::Nb201(_) => {
             let data = crate::data::build(&cfg.data)?;
-            let mut r = format!(
-                "data: {} training images, {} validation images, {} classes\n",
-                data.train_indices.len(),
-                data.valid_indices.len(),
-                data.num_classes
-            );
+            let mut r = describe_data(&data);
             r.push_str(&setup::nb201::check(resolved)?);
             r
         }
@@ -61,7 +71,10 @@ pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
     let device = device(&cfg.device)?;
     tracing::info!("device: {:?}", device);
     match &cfg.space {
-        config::Space::Nb101(sc) => setup::nb101::execute(resolved, sc, dir, &device),
+        config::Space::Nb101(sc) => {
+            let data = crate::data::build(&cfg.data)?;
+            setup::nb101::execute(resolved, sc, data, dir, &device)
+        }
         config::Space::Nb201(sc) => {
             let data = crate::data::build(&cfg.data)?;
             setup::nb201::execute(resolved, sc, data, dir, &device)

@@ -400,6 +400,9 @@ pub struct ScoredArch {
     pub arch: String,
     pub supernet_accuracy: f64,
     pub ground_truth: Option<f64>,
+    /// The `supernet_perplexity` column (DARTS-PTB, whose score and ground truth are
+    /// perplexities).
+    pub supernet_perplexity: Option<f64>,
 }
 
 /// Reads an `eval/epoch_NNNN.csv`; errors name the file and the row.
@@ -421,6 +424,7 @@ pub fn read_eval_csv(path: &Path) -> Result<Vec<ScoredArch>> {
         col("supernet_accuracy")?,
         col("ground_truth")?,
     );
+    let c_ppl = headers.iter().position(|h| h == "supernet_perplexity");
     let mut out = vec![];
     for (i, rec) in r.records().enumerate() {
         let row = i + 2;
@@ -446,10 +450,20 @@ pub fn read_eval_csv(path: &Path) -> Result<Vec<ScoredArch>> {
                 )
             })?)
         };
+        let supernet_perplexity = match c_ppl {
+            Some(c) => Some(field(c)?.trim().parse::<f64>().with_context(|| {
+                format!(
+                    "{} line {row}: supernet_perplexity is not a number",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
         out.push(ScoredArch {
             arch: field(c_arch)?.to_string(),
             supernet_accuracy: acc,
             ground_truth,
+            supernet_perplexity,
         });
     }
     Ok(out)

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod execute;
 pub mod folder;
 pub mod pipeline;
+pub mod pipeline_ptb;
 pub mod plot;
 pub mod records;
 pub mod report;

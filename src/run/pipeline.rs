@@ -41,7 +41,7 @@ pub struct Parts<S: Space, N: Supernet<Arch = S::Arch>> {
     pub eval_table: Option<benchmark::Table<S::Arch>>,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     let style =
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
@@ -52,7 +52,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
+pub(crate) fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
     let path = dir.file("metrics.jsonl");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -65,7 +65,7 @@ fn append_metrics(dir: &RunDir, line: &serde_json::Value) -> Result<()> {
 
 /// Drops metrics lines written after the checkpoint being resumed (they will be written again),
 /// and any partial line left by a kill.
-fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
+pub(crate) fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     let path = dir.file("metrics.jsonl");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
@@ -83,11 +83,25 @@ fn truncate_metrics(dir: &RunDir, epoch: usize) -> Result<()> {
     super::dir::write_atomic(&path, kept.as_bytes())
 }
 
+/// Correlations of `scores` with the ground truth over the architectures that have one:
+/// (count, [Kendall tau-b, Spearman, Pearson, top-k overlap], k, ground-truth seed-to-seed tau).
 fn correlate<A: std::hash::Hash + Eq>(
     archs: &[A],
     scores: &[f64],
     gt: Option<&GroundTruth<A>>,
     frac: f64,
+) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
+    correlate_scores(archs, scores, gt, frac, false)
+}
+
+/// [`correlate`] for scores where lower is better on both sides (perplexity): the rank
+/// correlations are unchanged, and the top-k overlap compares the k LOWEST of each.
+pub(crate) fn correlate_scores<A: std::hash::Hash + Eq>(
+    archs: &[A],
+    scores: &[f64],
+    gt: Option<&GroundTruth<A>>,
+    frac: f64,
+    lower_is_better: bool,
 ) -> (usize, [Option<f64>; 4], usize, Option<f64>) {
     let Some(gt) = gt else {
         return (0, [None; 4], 0, None);
@@ -103,6 +117,12 @@ fn correlate<A: std::hash::Hash + Eq>(
                 pairs2.0.push(*g);
                 pairs2.1.push(*g2);
             }
+        }
+    }
+    if lower_is_better {
+        // Negating both sides leaves tau, rho and r as they are and turns "top" into "lowest".
+        for v in x.iter_mut().chain(y.iter_mut()) {
+            *v = -*v;
         }
     }
     let k = ((x.len() as f64 * frac).round() as usize)
@@ -126,7 +146,7 @@ fn correlate<A: std::hash::Hash + Eq>(
     (x.len(), m, k, ceiling)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -276,6 +296,30 @@ fn write_decisions(dir: &RunDir, decisions: &[focus_branch::Decision]) -> Result
 
 fn param_vars(store: &Store) -> Vec<Var> {
     store.params().into_iter().map(|(_, v)| v).collect()
+}
+
+/// Why the final evaluation has no correlations (no ground truth, or fewer than 2 evaluated
+/// architectures with ground truth), logged as a warning; `None` when it has them.
+pub(crate) fn correlations_unavailable<A>(
+    gt: Option<&GroundTruth<A>>,
+    final_eval: Option<&EvalRecord>,
+) -> Option<String> {
+    let why = match (gt, final_eval) {
+        (None, _) => Some("no ground truth for this run (eval.ground_truth)".to_string()),
+        (Some(gt), Some(e)) if e.kendall_tau.is_none() && e.num_with_ground_truth < 2 => {
+            Some(format!(
+                "{} of the {} evaluated architectures have ground truth in {}",
+                e.num_with_ground_truth,
+                e.num_archs,
+                gt.source.split(':').next().unwrap_or(&gt.source)
+            ))
+        }
+        _ => None,
+    };
+    if let Some(why) = &why {
+        tracing::warn!("correlations are unavailable: {why}");
+    }
+    why
 }
 
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
@@ -566,9 +610,9 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         let focus = tricks.focus_due(epoch);
         let regular = epoch % cfg.eval.every == 0;
         if regular || last || focus.is_some() {
-            let mut k = if last || fixed_archs {
+            let mut k = if fixed_archs || (last && !S::LAST_EVAL_INTERMEDIATE) {
                 archs.len()
-            } else if regular {
+            } else if regular || last {
                 cfg.eval.num_archs_intermediate
             } else {
                 0
@@ -621,6 +665,8 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         .as_ref()
         .and_then(|e| Some(e.kendall_tau? / e.ground_truth_seed_tau?))
         .and_then(finite);
+    let correlations_unavailable =
+        correlations_unavailable(parts.ground_truth.as_ref(), final_eval.as_ref());
     let summary = Summary {
         experiment: cfg.experiment.name.clone(),
         config_hash: resolved.hash.clone(),
@@ -639,6 +685,9 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         tau_fraction_of_noise_ceiling: tau_fraction,
         tricks: tricks.describe(),
         train_archset_size: tricks.train_archset_size(),
+        score: None,
+        space_details: None,
+        correlations_unavailable,
     };
     let final_ck = Checkpoint {
         model: parts.store.tensors(),

@@ -84,6 +84,18 @@ pub struct Summary {
     /// focus-branch decisions), when the space has an archset.
     #[serde(default)]
     pub train_archset_size: Option<usize>,
+    /// What the supernet score is when it is not top-1 accuracy (DARTS-PTB: `perplexity`,
+    /// lower is better; its correlations are of perplexity against the benchmark's perplexity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
+    /// Facts of the run particular to its space (DARTS-PTB: best epoch and perplexity, the
+    /// epoch of the switch to ASGD, NaN roll-backs, what the final checkpoint holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space_details: Option<serde_json::Value>,
+    /// Why the final evaluation has no correlations, when it has none (no ground truth, or
+    /// fewer than 2 evaluated architectures with ground truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlations_unavailable: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {

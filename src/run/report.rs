@@ -75,9 +75,18 @@ fn scatter_figure(dir: &Path, last: Option<&EvalRecord>) -> Result<String> {
         ));
     }
     let rows = folder::read_eval_csv(&csv)?;
+    // Perplexity runs (DARTS-PTB) plot supernet perplexity against the benchmark's.
+    let ppl = rows.iter().any(|r| r.supernet_perplexity.is_some());
     let points: Vec<(f64, f64)> = rows
         .iter()
-        .filter_map(|r| Some((r.ground_truth?, r.supernet_accuracy)))
+        .filter_map(|r| {
+            let y = if ppl {
+                r.supernet_perplexity?
+            } else {
+                r.supernet_accuracy
+            };
+            Some((r.ground_truth?, y))
+        })
         .collect();
     if points.is_empty() {
         return Ok(format!("<p class=\"none\">Epoch {}: none of the {} architectures has a ground truth value.</p>", rec.epoch, rows.len()));
@@ -87,13 +96,18 @@ fn scatter_figure(dir: &Path, last: Option<&EvalRecord>) -> Result<String> {
         rec.epoch,
         fmt4(rec.kendall_tau)
     );
-    let svg = plot::scatter(
-        &title,
-        "ground truth accuracy (benchmark)",
-        "supernet accuracy (inherited weights)",
-        &points,
-        (580, 440),
-    )?;
+    let (x_desc, y_desc) = if ppl {
+        (
+            "ground truth perplexity (benchmark)",
+            "supernet perplexity (inherited weights)",
+        )
+    } else {
+        (
+            "ground truth accuracy (benchmark)",
+            "supernet accuracy (inherited weights)",
+        )
+    };
+    let svg = plot::scatter(&title, x_desc, y_desc, &points, (580, 440))?;
     Ok(format!("{svg}\n<figcaption>{} architectures with ground truth of {} evaluated; Spearman rho = {}, Pearson r = {}.</figcaption>", points.len(), rows.len(), fmt4(rec.spearman), fmt4(rec.pearson)))
 }
 
@@ -188,6 +202,9 @@ fn train_figure(
 }
 
 fn eval_table(history: &[EvalRecord]) -> String {
+    if history.iter().any(|e| e.mean_perplexity.is_some()) {
+        return eval_table_ppl(history);
+    }
     let mut t = String::from("<table>\n<tr><th>epoch</th><th>archs</th><th>with truth</th><th>mean acc</th><th>min acc</th><th>max acc</th><th>Kendall tau</th><th>Spearman</th><th>Pearson</th><th>top-k</th><th>truth seed tau</th></tr>\n");
     for e in history {
         let _ = writeln!(
@@ -199,6 +216,31 @@ fn eval_table(history: &[EvalRecord]) -> String {
             e.mean_accuracy,
             e.min_accuracy,
             e.max_accuracy,
+            fmt4(e.kendall_tau),
+            fmt4(e.spearman),
+            fmt4(e.pearson),
+            fmt4(e.top_k_overlap),
+            e.top_k,
+            fmt4(e.ground_truth_seed_tau)
+        );
+    }
+    t.push_str("</table>\n");
+    t
+}
+
+/// The evaluation table of a perplexity run (DARTS-PTB): perplexities instead of accuracies.
+fn eval_table_ppl(history: &[EvalRecord]) -> String {
+    let mut t = String::from("<table>\n<tr><th>epoch</th><th>archs</th><th>with truth</th><th>mean ppl</th><th>min ppl</th><th>max ppl</th><th>Kendall tau</th><th>Spearman</th><th>Pearson</th><th>top-k (lowest)</th><th>truth seed tau</th></tr>\n");
+    for e in history {
+        let _ = writeln!(
+            t,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} (k={})</td><td>{}</td></tr>",
+            e.epoch,
+            e.num_archs,
+            e.num_with_ground_truth,
+            fmt4(e.mean_perplexity),
+            fmt4(e.min_perplexity),
+            fmt4(e.max_perplexity),
             fmt4(e.kendall_tau),
             fmt4(e.spearman),
             fmt4(e.pearson),

@@ -50,6 +50,17 @@ pub fn summary_text(s: &Summary, folder: &Path) -> String {
     if let Some(gt) = &s.ground_truth {
         t.push_str(&format!("truth      {gt}\n"));
     }
+    if let Some(score) = &s.score {
+        let note = if score == "perplexity" {
+            " (lower is better; correlated with the benchmark's perplexity)"
+        } else {
+            ""
+        };
+        t.push_str(&format!("score      {score}{note}\n"));
+    }
+    if let Some(why) = &s.correlations_unavailable {
+        t.push_str(&format!("correlations unavailable: {why}\n"));
+    }
     if let Some(tricks) = s.tricks.as_object().filter(|o| !o.is_empty()) {
         let names: Vec<&str> = tricks.keys().map(String::as_str).collect();
         let size = s
@@ -74,6 +85,26 @@ pub fn summary_text(s: &Summary, folder: &Path) -> String {
 }
 
 fn history_text(history: &[EvalRecord]) -> String {
+    if history.iter().any(|e| e.mean_perplexity.is_some()) {
+        // Perplexity runs (DARTS-PTB): the mean perplexity over the architectures (values of
+        // 1e6 and above left out, as the study) instead of the accuracy.
+        let mut t = String::from("\n epoch  archs  mean ppl  kendall  spearman  pearson  top-k\n");
+        for e in history {
+            t.push_str(&format!(
+                "{:>6} {:>6} {:>9} {:>8} {:>9} {:>8} {:>6}\n",
+                e.epoch,
+                e.num_archs,
+                e.mean_perplexity
+                    .map(|p| format!("{p:.2}"))
+                    .unwrap_or_else(|| "n/a".into()),
+                fmt_opt(e.kendall_tau),
+                fmt_opt(e.spearman),
+                fmt_opt(e.pearson),
+                fmt_opt(e.top_k_overlap)
+            ));
+        }
+        return t;
+    }
     let mut t = String::from("\n epoch  archs  mean acc  kendall  spearman  pearson  top-k\n");
     for e in history {
         t.push_str(&format!(

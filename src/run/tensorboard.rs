@@ -446,6 +446,9 @@ impl TbLog {
     /// correlations are left out (TensorBoard has no "missing").
     pub fn eval(&mut self, rec: &EvalRecord) {
         let mut values = vec![("eval/mean_accuracy", rec.mean_accuracy)];
+        if let Some(p) = rec.mean_perplexity {
+            values.push(("eval/mean_perplexity", p));
+        }
         for (tag, v) in [
             ("eval/kendall_tau", rec.kendall_tau),
             ("eval/spearman", rec.spearman),

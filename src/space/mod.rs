@@ -6,8 +6,12 @@
 //! `match` on `space.kind` in `run`.
 
 pub mod benchmark;
+pub mod darts;
+pub mod nb101;
 pub mod nb201;
 pub mod proxyless;
+pub mod ptb;
+pub mod ptb_model;
 
 use crate::nn::Mode;
 use crate::rng::Rng;
@@ -31,6 +35,9 @@ pub trait Space: Send + Sync + Sized + 'static {
 
     /// Whether evaluations also report top-5 accuracy (ProxylessNAS).
     const TOP5: bool = false;
+    /// Whether the last evaluation scores `eval.num_archs_intermediate` architectures like the
+    /// others (DARTS and PTB in the study) instead of all `eval.num_archs` drawn.
+    const LAST_EVAL_INTERMEDIATE: bool = false;
 
     /// The benchmark JSON object of an architecture (as in `benchmarks/*.csv`).
     fn encode(arch: &Self::Arch) -> serde_json::Value;
@@ -46,6 +53,19 @@ pub trait Space: Send + Sync + Sized + 'static {
 
     /// One architecture drawn uniformly.
     fn sample(&self, rng: &mut Rng) -> Self::Arch;
+
+    /// The position of `value` among the choices of `key` where the reference numbers them
+    /// differently from their sorted JSON order (NB101's one-hot ops: by the hot position);
+    /// `None` keeps the sorted order. The structured train split's fold k is choice k.
+    fn choice_rank(_key: &str, _value: &serde_json::Value) -> Option<usize> {
+        None
+    }
+
+    /// The keys FairNAS permutes (each choice of each such key used once per step); the other
+    /// keys of each path come from an architecture the path samples. `None`: every key.
+    fn fair_keys() -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// What a forward pass needs besides the input: the mode, the drop-path probability, and the

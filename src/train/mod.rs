@@ -1,5 +1,6 @@
 //! Optimizers, schedules, clipping and ranking metrics. Knows nothing of spaces.
 
+pub mod asgd;
 pub mod clip;
 pub mod evaluate;
 pub mod metrics;

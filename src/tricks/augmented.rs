@@ -6,7 +6,9 @@
 //!
 //! NB201 setup strings are the reference's: 6 digits, the op indices of the edges in node-major
 //! order `0_1 0_2 1_2 0_3 1_3 2_3` (note: not the encoding's key order); default `444444`
-//! (every edge avg_pool_3x3).
+//! (every edge avg_pool_3x3). NB101 setups are 5 digits, the ops of vertices 1..5 (0 conv3x3,
+//! 1 conv1x1, 2 maxpool3x3; default `00000`); they fix the ops only, so training still samples
+//! the 395 topologies, and `replicate` builds 3 copies by default (`Nb101Net::with_copies`).
 
 use crate::space::Space;
 use anyhow::{bail, Context, Result};
@@ -35,8 +37,46 @@ pub fn setup_choices(kind: &str, setup: &str) -> Result<Map<String, Value>> {
                 .map(|(k, d)| (k.to_string(), Value::from(d)))
                 .collect())
         }
+        "nb101" => {
+            // tricks/nb101/augmented_space.py: 5 digits, the op (0 conv3x3, 1 conv1x1,
+            // 2 maxpool3x3) of vertices 1..5, applied as `pruned` on the op keys: the
+            // topology is still sampled.
+            let digits: Vec<usize> = setup
+                .chars()
+                .map(|c| c.to_digit(10).map(|d| d as usize).filter(|&d| d < 3))
+                .collect::<Option<_>>()
+                .with_context(|| {
+                    format!("tricks.augmented.setup {setup:?}: NB101 setups are op indices 0..2 (conv3x3, conv1x1, maxpool3x3)")
+                })?;
+            if digits.len() != 5 {
+                bail!("tricks.augmented.setup {setup:?}: NB101 setups have 5 digits (the ops of vertices 1..5), got {}", digits.len());
+            }
+            Ok(digits
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    let onehot: Vec<Value> =
+                        (0..3).map(|k| Value::from(u8::from(k == d))).collect();
+                    (format!("op{}", i + 1), Value::Array(onehot))
+                })
+                .collect())
+        }
         other => bail!("tricks.augmented: no setup format for space {other}"),
     }
+}
+
+/// The architectures of `set` that a setup string keeps: those taking every choice it fixes
+/// (NB201: one architecture; NB101: the 395 topologies with the fixed ops).
+pub fn setup_filter<S: Space>(set: &[S::Arch], setup: &str) -> Result<Vec<S::Arch>> {
+    let fixed = setup_choices(S::KIND, setup)?;
+    let mut out = vec![];
+    for a in set {
+        let enc = super::encoded::<S>(a)?;
+        if fixed.iter().all(|(k, v)| enc.get(k) == Some(v)) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The architecture a setup string fixes.

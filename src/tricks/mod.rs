@@ -75,7 +75,8 @@ pub struct TrickSet<S: Space> {
     decisions: Vec<focus_branch::Decision>,
     /// Ground-truth parameter counts (focus-branch nondominated / lstsq).
     params: Option<HashMap<S::Arch, f64>>,
-    /// FairNAS: every key with its choices, each list in the same length.
+    /// FairNAS: every permuted key (`Space::fair_keys`) with its choices, each list in the
+    /// same length.
     fair_choices: Option<Vec<(String, Vec<Value>)>>,
     /// How the training archset came about, one line per filter.
     log: Vec<String>,
@@ -191,21 +192,31 @@ impl<S: Space> TrickSet<S> {
         let mut set: Option<Vec<S::Arch>> = None;
         if let Some(a) = &t.augmented {
             let full = need_archset("augmented")?;
-            let arch = augmented::setup_arch::<S>(&a.setup)?;
-            if !full.contains(&arch) {
-                bail!(
-                    "tricks.augmented.setup {:?} is {}, which is not in the archset (its output is unreachable)",
+            let kept = augmented::setup_filter::<S>(full, &a.setup)?;
+            match kept.as_slice() {
+                [] => {
+                    let arch = augmented::setup_arch::<S>(&a.setup)?;
+                    bail!(
+                        "tricks.augmented.setup {:?} is {}, which is not in the archset (its output is unreachable)",
+                        a.setup,
+                        S::arch_string(&arch)
+                    );
+                }
+                [arch] => log.push(format!(
+                    "augmented: setup {:?} = {} (replicate: {})",
                     a.setup,
-                    S::arch_string(&arch)
-                );
+                    S::arch_string(arch),
+                    a.replicate
+                )),
+                many => log.push(format!(
+                    "augmented: setup {:?} fixes {} keys, {} architectures (replicate: {})",
+                    a.setup,
+                    augmented::setup_choices(S::KIND, &a.setup)?.len(),
+                    many.len(),
+                    a.replicate
+                )),
             }
-            log.push(format!(
-                "augmented: setup {:?} = {} (replicate: {})",
-                a.setup,
-                S::arch_string(&arch),
-                a.replicate
-            ));
-            set = Some(vec![arch]);
+            set = Some(kept);
         }
         if let Some(o) = &t.omniscience {
             let full = need_archset("omniscience")?;
@@ -270,7 +281,10 @@ impl<S: Space> TrickSet<S> {
         if let Some(m) = &t.multipath {
             if m.fairnas {
                 let full = need_archset("multipath.fairnas")?;
-                let ch = choices::<S>(full)?;
+                let mut ch = choices::<S>(full)?;
+                if let Some(keys) = S::fair_keys() {
+                    ch.retain(|(k, _)| keys.contains(k));
+                }
                 if let Some((k, v)) = ch.iter().find(|(_, v)| v.len() != m.paths) {
                     bail!(
                         "tricks.multipath.fairnas: key {k:?} has {} choices, but paths = {}; FairNAS needs paths = the number of choices of every key",
@@ -362,6 +376,9 @@ impl<S: Space> TrickSet<S> {
     /// per-key permutations so that each choice of each key appears exactly once).
     pub fn paths(&self, space: &S, rng: &mut Rng) -> Result<Vec<S::Arch>> {
         match (&self.cfg.multipath, &self.fair_choices) {
+            (Some(m), Some(ch)) if S::fair_keys().is_some() => {
+                multipath::fair_paths_on::<S>(ch, m.paths, rng, |r| self.sample(space, r))
+            }
             (Some(m), Some(ch)) => multipath::fair_paths::<S>(ch, m.paths, rng),
             (Some(m), None) => Ok((0..m.paths).map(|_| self.sample(space, rng)).collect()),
             (None, _) => Ok(vec![self.sample(space, rng)]),

@@ -19,29 +19,59 @@ pub fn fair_paths<S: Space>(
     k: usize,
     rng: &mut Rng,
 ) -> Result<Vec<S::Arch>> {
-    let perms: Vec<Vec<Value>> = choices
+    let perms = permute(choices, rng);
+    (0..k)
+        .map(|p| fair_path::<S>(choices, &perms, p, k, Map::new()))
+        .collect()
+}
+
+/// FairNAS over some keys only (`Space::fair_keys`; NB101: the ops): the permutations are
+/// drawn first, then each path samples an architecture with `base` and takes the p-th element
+/// of every permutation for the permuted keys (the reference's NB101 multipath: `reset()`,
+/// then the ops overwritten from per-op permutations).
+pub fn fair_paths_on<S: Space>(
+    choices: &[(String, Vec<Value>)],
+    k: usize,
+    rng: &mut Rng,
+    mut base: impl FnMut(&mut Rng) -> S::Arch,
+) -> Result<Vec<S::Arch>> {
+    let perms = permute(choices, rng);
+    (0..k)
+        .map(|p| {
+            let start = super::encoded::<S>(&base(rng))?;
+            fair_path::<S>(choices, &perms, p, k, start)
+        })
+        .collect()
+}
+
+fn permute(choices: &[(String, Vec<Value>)], rng: &mut Rng) -> Vec<Vec<Value>> {
+    choices
         .iter()
         .map(|(_, v)| {
             let mut p = v.clone();
             super::shuffle(&mut p, rng);
             p
         })
-        .collect();
-    (0..k)
-        .map(|p| {
-            let mut obj = Map::new();
-            for ((key, _), perm) in choices.iter().zip(&perms) {
-                let v = perm.get(p).with_context(|| {
-                    format!(
-                        "FairNAS: key {key:?} has {} choices, fewer than the {k} paths",
-                        perm.len()
-                    )
-                })?;
-                obj.insert(key.clone(), v.clone());
-            }
-            S::decode(&Value::Object(obj)).with_context(|| format!("FairNAS path {p}"))
-        })
         .collect()
+}
+
+fn fair_path<S: Space>(
+    choices: &[(String, Vec<Value>)],
+    perms: &[Vec<Value>],
+    p: usize,
+    k: usize,
+    mut obj: Map<String, Value>,
+) -> Result<S::Arch> {
+    for ((key, _), perm) in choices.iter().zip(perms) {
+        let v = perm.get(p).with_context(|| {
+            format!(
+                "FairNAS: key {key:?} has {} choices, fewer than the {k} paths",
+                perm.len()
+            )
+        })?;
+        obj.insert(key.clone(), v.clone());
+    }
+    S::decode(&Value::Object(obj)).with_context(|| format!("FairNAS path {p}"))
 }
 
 /// Loss and top-1 hits of one path of a step.

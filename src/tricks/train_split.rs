@@ -2,7 +2,8 @@
 //! shuffled with the split's own seed or sorted by ground truth ascending (fold 0 is the worst),
 //! into `folds` consecutive chunks of `len / folds` (the reference's integer division: the last
 //! `len % folds` architectures belong to no fold); `structured` puts in fold k the
-//! architectures whose `key` takes its k-th choice (in sorted order).
+//! architectures whose `key` takes its k-th choice (in sorted order, or the space's own
+//! numbering: NB101's op keys by the one-hot position, as the reference's `arch[key][k]`).
 
 use crate::config::{SplitKind, TrainSplit};
 use crate::space::{GroundTruth, Space};
@@ -70,6 +71,12 @@ pub fn folds<S: Space>(
                     values.len(),
                     s.folds
                 );
+            }
+            // The space's own numbering of the choices where it has one (NB101's one-hot ops:
+            // fold k = the op with index k), else sorted order.
+            let mut values = values.clone();
+            if values.iter().all(|v| S::choice_rank(&s.key, v).is_some()) {
+                values.sort_by_key(|v| S::choice_rank(&s.key, v));
             }
             let mut out = vec![];
             for v in &values[..s.folds] {
