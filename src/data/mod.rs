@@ -13,8 +13,8 @@ pub mod imagenet;
 pub mod imagenet16;
 pub mod loader;
 pub mod pickle;
-pub mod resize;
 pub mod ptb;
+pub mod resize;
 pub mod splits;
 pub mod text;
 
