@@ -421,15 +421,37 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             1
         }
     }
 }
 
+/// The error chain on one line. candle's errors carry a backtrace after their message (on
+/// the lines after the first); it is logged at debug level, not shown.
+fn one_line(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    let mut lines = full.lines();
+    let first = lines.next().unwrap_or_default().to_string();
+    let rest: Vec<&str> = lines.collect();
+    if !rest.is_empty() {
+        tracing::debug!("error details:\n{}", rest.join("\n"));
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_print_on_one_line_without_backtraces() {
+        let inner = candle_core::Error::Msg("no such device".into()).bt();
+        let e = anyhow::Error::from(inner).context("cannot open CUDA device 0");
+        let line = one_line(&e);
+        assert!(line.starts_with("cannot open CUDA device 0: no such device"), "{line}");
+        assert!(!line.contains('\n'));
+    }
 
     #[test]
     fn results_commands_parse_and_fail_on_bad_folders() {
