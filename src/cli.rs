@@ -449,7 +449,10 @@ mod tests {
         let inner = candle_core::Error::Msg("no such device".into()).bt();
         let e = anyhow::Error::from(inner).context("cannot open CUDA device 0");
         let line = one_line(&e);
-        assert!(line.starts_with("cannot open CUDA device 0: no such device"), "{line}");
+        assert!(
+            line.starts_with("cannot open CUDA device 0: no such device"),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
     }
 

@@ -110,6 +110,10 @@ fn check_buffers(store: &Store, fx: &HashMap<String, Tensor>, prefix: &str) -> u
 
 #[test]
 fn depthwise_convs_match_pytorch() {
+    depthwise_convs_match_pytorch_body();
+}
+
+fn depthwise_convs_match_pytorch_body() {
     let fx = fixture("darts_ops.npz");
     let mut cases = 0;
     for k in [3, 5] {
@@ -152,6 +156,10 @@ fn depthwise_convs_match_pytorch() {
 
 #[test]
 fn factorized_reduce_matches_pytorch() {
+    factorized_reduce_matches_pytorch_body();
+}
+
+fn factorized_reduce_matches_pytorch_body() {
     let fx = fixture("darts_ops.npz");
     let store = Store::new(&Device::Cpu);
     let mut r = runner::rng::stream(0, "init", &[]);
@@ -190,6 +198,10 @@ fn drop_path_with_a_given_mask_matches_pytorch() {
 
 #[test]
 fn final_7x7_pool_matches_pytorch() {
+    final_7x7_pool_matches_pytorch_body();
+}
+
+fn final_7x7_pool_matches_pytorch_body() {
     let fx = fixture("darts_ops.npz");
     let x = Var::from_tensor(&fx["pool7.x"]).unwrap();
     let y = nn::pool::avg_pool2d(x.as_tensor(), 7, 7, 0, true).unwrap();
@@ -257,6 +269,10 @@ fn fixture_cells() -> (Cell, Cell) {
 
 #[test]
 fn cells_match_pytorch() {
+    cells_match_pytorch_body();
+}
+
+fn cells_match_pytorch_body() {
     let fx = fixture("darts_ops.npz");
     let (normal, reduce) = fixture_cells();
     for case in ["cell_normal", "cell_reduce", "cell_after_reduce"] {
@@ -329,6 +345,10 @@ fn pattern(dims: &[usize], bound: f64, salt: u64) -> Tensor {
 
 #[test]
 fn tiny_network_matches_pytorch() {
+    tiny_network_matches_pytorch_body();
+}
+
+fn tiny_network_matches_pytorch_body() {
     let fx = fixture("darts_net.npz");
     let store = Store::new(&Device::Cpu);
     let mut r = runner::rng::stream(0, "init", &[]);
@@ -407,4 +427,32 @@ fn tiny_network_matches_pytorch() {
         .unwrap();
     assert!(eval.aux_logits.is_none(), "no auxiliary head in eval mode");
     check("eval logits", &eval.logits, &fx["eval_logits"]);
+}
+
+// The same fixtures through the portable ops (candle's own ops: the path CUDA devices run),
+// checked here on the CPU because no GPU is available to CI.
+
+#[test]
+fn portable_depthwise_convs_match_pytorch() {
+    runner::nn::with_portable_ops(depthwise_convs_match_pytorch_body);
+}
+
+#[test]
+fn portable_factorized_reduce_matches_pytorch() {
+    runner::nn::with_portable_ops(factorized_reduce_matches_pytorch_body);
+}
+
+#[test]
+fn portable_final_7x7_pool_matches_pytorch() {
+    runner::nn::with_portable_ops(final_7x7_pool_matches_pytorch_body);
+}
+
+#[test]
+fn portable_cells_match_pytorch() {
+    runner::nn::with_portable_ops(cells_match_pytorch_body);
+}
+
+#[test]
+fn portable_tiny_network_matches_pytorch() {
+    runner::nn::with_portable_ops(tiny_network_matches_pytorch_body);
 }

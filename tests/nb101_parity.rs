@@ -39,6 +39,10 @@ fn arch(tag: &str) -> nb101::Arch {
 
 #[test]
 fn nb101_path_matches_pytorch() {
+    nb101_path_matches_pytorch_body();
+}
+
+fn nb101_path_matches_pytorch_body() {
     let dev = Device::Cpu;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nb101_cell.npz");
     let fx: HashMap<String, Tensor> = Tensor::read_npz(path).unwrap().into_iter().collect();
@@ -127,4 +131,12 @@ fn nb101_path_matches_pytorch() {
         worst = worst.max(e);
     }
     println!("worst relative error: {worst:e}");
+}
+
+// The same fixtures through the portable ops (candle's own ops: the path CUDA devices run),
+// checked here on the CPU because no GPU is available to CI.
+
+#[test]
+fn portable_nb101_path_matches_pytorch() {
+    runner::nn::with_portable_ops(nb101_path_matches_pytorch_body);
 }

@@ -24,6 +24,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn nb201_path_matches_pytorch() {
+    nb201_path_matches_pytorch_body();
+}
+
+fn nb201_path_matches_pytorch_body() {
     let dev = Device::Cpu;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nb201_net.npz");
     let fx: HashMap<String, Tensor> = Tensor::read_npz(path).unwrap().into_iter().collect();
@@ -88,4 +92,12 @@ fn nb201_path_matches_pytorch() {
         .unwrap()
         .logits;
     assert!(rel_err(&eval, &fx["eval_logits"]) < 1e-4);
+}
+
+// The same fixtures through the portable ops (candle's own ops: the path CUDA devices run),
+// checked here on the CPU because no GPU is available to CI.
+
+#[test]
+fn portable_nb201_path_matches_pytorch() {
+    runner::nn::with_portable_ops(nb201_path_matches_pytorch_body);
 }

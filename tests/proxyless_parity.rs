@@ -54,6 +54,10 @@ const BN: Bn = Bn {
 
 #[test]
 fn every_mbconv_class_matches_pytorch() {
+    every_mbconv_class_matches_pytorch_body();
+}
+
+fn every_mbconv_class_matches_pytorch_body() {
     let fx = fixture();
     let mut cases: Vec<String> = fx
         .keys()
@@ -122,6 +126,10 @@ fn every_mbconv_class_matches_pytorch() {
 
 #[test]
 fn supernet_path_with_zero_cells_matches_pytorch() {
+    supernet_path_with_zero_cells_matches_pytorch_body();
+}
+
+fn supernet_path_with_zero_cells_matches_pytorch_body() {
     let fx = fixture();
     let store = Store::new(&candle_core::Device::Cpu);
     let mut r = runner::rng::stream(0, "init", &[]);
@@ -246,4 +254,17 @@ fn supernet_path_with_zero_cells_matches_pytorch() {
         "supernet path: {with_grad} parameter gradients, worst relative error {:.2e}; {zero} analytically zero ones at most {worst_zero:.1e} of the largest gradient ({global})",
         worst.max(e)
     );
+}
+
+// The same fixtures through the portable ops (candle's own ops: the path CUDA devices run),
+// checked here on the CPU because no GPU is available to CI.
+
+#[test]
+fn portable_every_mbconv_class_matches_pytorch() {
+    runner::nn::with_portable_ops(every_mbconv_class_matches_pytorch_body);
+}
+
+#[test]
+fn portable_supernet_path_with_zero_cells_matches_pytorch() {
+    runner::nn::with_portable_ops(supernet_path_with_zero_cells_matches_pytorch_body);
 }

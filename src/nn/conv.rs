@@ -45,8 +45,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
     if xd.len() != 4 || wd.len() != 4 {
         bail!("conv2d: expected x (N, C, H, W) and w (C_out, C_in/groups, K, K), got x {xd:?}, w {wd:?}");
     }
-    let fast = x.device().is_cpu()
-        && x.dtype() == DType::F32
+    let fast = super::host::is_cpu_f32(x)
         && w.dtype() == DType::F32
         && w.device().is_cpu()
         && wd[2] == wd[3];

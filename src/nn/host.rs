@@ -75,9 +75,28 @@ pub(crate) fn par_planes<R: Send>(
         .collect()
 }
 
-/// Whether `t` can take the hand-written CPU path (f32 on the host).
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with runner's hand-written CPU kernels switched off on this thread: every op then
+/// takes its portable path, built from candle's own differentiable ops, which is the path CUDA
+/// devices run. Tests use it to check that path against the PyTorch fixtures on a machine
+/// without a GPU.
+pub fn with_portable_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
+}
+
+/// Whether `t` can take the hand-written CPU path (f32 on the host, portable ops not forced).
 pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
-    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && !PORTABLE.with(|p| p.get())
 }
 
 /// The elements of an f32 CPU storage in row-major order of `layout`: borrowed when the

@@ -19,6 +19,7 @@ pub mod store;
 pub use batchnorm::BatchNorm;
 pub use conv::{conv2d, Conv2d, ConvParams};
 pub use factorized::FactorizedReduce;
+pub use host::with_portable_ops;
 pub use linear::Linear;
 pub use store::{Path, Recalibrate, Store};
 
