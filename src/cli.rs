@@ -97,6 +97,21 @@ pub enum Command {
         #[arg(long)]
         no_pytorch: bool,
     },
+    /// Check a device against the native CPU kernels: every space's supernet on a fixed batch
+    /// (logits, loss, gradients, BN buffers, eval logits). `--device cuda` on a GPU build and
+    /// machine; `--device portable` checks, on the CPU, the candle-op path that CUDA runs.
+    Selftest {
+        /// `cuda` (device `--index`) or `portable`.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Largest relative error accepted (norm of the difference over the norm of the CPU's
+        /// values). Typical agreement is 1e-5; a gradient that sums over a ReLU/ReLU6 kink can
+        /// reach 1e-2 when a value within rounding of the kink lands on the other side.
+        #[arg(long, default_value_t = 2e-2)]
+        tolerance: f64,
+    },
     /// Compare run folders (or sweep folders, point by point): the params that differ and the
     /// metrics in DVC's layout `Path Metric Old New Change`; each folder against the first.
     Diff {
@@ -405,6 +420,11 @@ pub fn main() -> i32 {
             print!("{}", crate::run::bench::bench(&args)?);
             Ok(())
         })(),
+        Some(Command::Selftest {
+            device,
+            index,
+            tolerance,
+        }) => selftest(&device, index, tolerance),
         Some(command @ (Command::Diff { .. } | Command::Show { .. } | Command::Report { .. })) => {
             results_command(command)
         }
@@ -425,6 +445,38 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `runner selftest`: exit 0 when every space agrees within `tolerance`, or when no CUDA device
+/// exists (said on stdout: the check was skipped, not passed).
+fn selftest(device: &str, index: usize, tolerance: f64) -> Result<()> {
+    use crate::run::selftest::{self, Target};
+    let (target, what) = match device {
+        "portable" => (Target::Portable, "portable ops on the CPU".to_string()),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                println!("selftest skipped: this runner was built without the `cuda` feature (scripts/build-cuda.sh builds one)");
+                return Ok(());
+            }
+            if let Err(e) = candle_core::Device::new_cuda(index) {
+                let msg = format!("{e}");
+                println!(
+                    "selftest skipped: no usable CUDA device {index}: {}",
+                    msg.lines().next().unwrap_or_default()
+                );
+                return Ok(());
+            }
+            (Target::Cuda(index), format!("CUDA device {index}"))
+        }
+        other => anyhow::bail!("selftest --device {other:?}: expected cuda or portable"),
+    };
+    let checks = selftest::run(&target)?;
+    let (text, ok) = selftest::report(&checks, &what, tolerance);
+    print!("{text}");
+    if !ok {
+        anyhow::bail!("selftest: {what} differs from the CPU kernels by more than {tolerance:e}");
+    }
+    Ok(())
 }
 
 /// The error chain on one line. candle's errors carry a backtrace after their message (on

@@ -11,6 +11,7 @@ pub mod pipeline_ptb;
 pub mod plot;
 pub mod records;
 pub mod report;
+pub mod selftest;
 pub mod setup;
 pub mod show;
 pub mod sweep;
