@@ -49,16 +49,12 @@ struct Clip {
 }
 
 impl Clip {
-    fn fwd(&self, v: f32) -> f32 {
+    /// `[0, hi]` clipping written as compares and selects with the bound hoisted, so that the
+    /// loops vectorise. NaN fails every comparison and passes through, as in PyTorch.
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
         match self.hi {
-            None => {
-                if v <= 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-            Some(hi) => {
+            None => par_map(x, |v| if v <= 0.0 { 0.0 } else { v }),
+            Some(hi) => par_map(x, move |v| {
                 if v <= 0.0 {
                     0.0
                 } else if v >= hi {
@@ -66,14 +62,19 @@ impl Clip {
                 } else {
                     v
                 }
-            }
+            }),
         }
     }
 
-    fn passes(&self, v: f32) -> bool {
+    /// The gradient passes strictly inside `(0, hi)` (and for NaN inputs).
+    fn backward(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
         match self.hi {
-            None => v > 0.0 || v.is_nan(),
-            Some(hi) => (v > 0.0 && v < hi) || v.is_nan(),
+            None => par_zip(x, g, |v, gv| if v <= 0.0 { 0.0 } else { gv }),
+            Some(hi) => par_zip(
+                x,
+                g,
+                move |v, gv| if v <= 0.0 || v >= hi { 0.0 } else { gv },
+            ),
         }
     }
 }
@@ -85,7 +86,7 @@ impl CustomOp1 for Clip {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_data(s, l)?;
-        let y = par_map(&x, |v| self.fwd(v));
+        let y = self.forward(&x);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -98,11 +99,7 @@ impl CustomOp1 for Clip {
                 arg.shape()
             );
         }
-        let dx = with_f32(arg, |x| {
-            with_f32(grad, |g| {
-                Ok(par_zip(x, g, |v, gv| if self.passes(v) { gv } else { 0.0 }))
-            })
-        })?;
+        let dx = with_f32(arg, |x| with_f32(grad, |g| Ok(self.backward(x, g))))?;
         cpu_tensor(dx, arg.dims()).map(Some)
     }
 }

@@ -1633,7 +1633,12 @@ mod tests {
         };
         println!("threads {}", num_threads());
         let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        // BENCH_BATCH overrides the batch size of every shape (the study trains NB201 at 256).
+        let batch: Option<usize> = std::env::var("BENCH_BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok());
         for (name, n, ci, co, hw, k, s, p, d, g) in shapes {
+            let n = batch.unwrap_or(n);
             if !name.contains(only.as_str()) {
                 continue;
             }
