@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | training archset (and the validation subset drawn from it) | [`TrickSet::archset`], [`TrickSet::eval_archs`] | augmented, omniscience, train_split, pruned, focus_branch |
 //! | sampler | [`TrickSet::sample`], [`TrickSet::paths`] | the filters above; multipath (k paths, FairNAS permutations) |
-//! | learning rate | [`TrickSet::lr`] | cosine_restarts |
+//! | learning rate | [`TrickSet::lr`], [`TrickSet::warmup_lr`] (ProxylessNAS), [`TrickSet::constant_lr`] (PTB) | cosine_restarts |
 //! | after an evaluation | [`TrickSet::focus_due`], [`TrickSet::focus_decide`] | focus_branch |
 //! | supernet construction | [`replicate_copies`] | augmented with `replicate` |
 //!
@@ -17,7 +17,9 @@
 //! (a subset of the archset), pruned (the reference's mutator filters the chosen subset by
 //! `pruned`), then the focus-branch decisions taken so far. Architectures are compared through
 //! their benchmark JSON encoding (`Space::encode`), so every filter works for any space with an
-//! enumerated archset.
+//! enumerated archset. Spaces without one (DARTS, PTB, ProxylessNAS) describe their sampler as
+//! independent factors (`Space::factors`): `pruned` restricts those, FairNAS permutes their
+//! `Space::fair_keys`, and the archset filters are refused at config time.
 
 pub mod augmented;
 pub mod cosine_restarts;
@@ -338,8 +340,15 @@ impl<S: Space> TrickSet<S> {
             ));
         }
         if let Some(r) = &t.cosine_restarts {
+            let after = match cfg.train.schedule {
+                config::Schedule::WarmupCosine => format!(
+                    " after the {} warm-up epochs, each period a cosine from learning_rate x device.gpus to 0",
+                    cfg.train.warmup_epochs
+                ),
+                config::Schedule::Cosine => String::new(),
+            };
             log.push(format!(
-                "cosine_restarts: the learning rate restarts every {} epochs",
+                "cosine_restarts: the learning rate restarts every {} epochs{after}",
                 r.every
             ));
         }

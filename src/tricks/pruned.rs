@@ -279,7 +279,7 @@ mod sampler_tests {
         check_sampling(&Ptb, &cfg, &allowed, 20_000);
         let ts = TrickSet::new(&Ptb, &cfg, None, None).unwrap();
         // act: 4^6 x 1 x 2; switch/i has i + 1 values, switch/3 keeps 2 of 4, switch/7 3 of 8.
-        let size = 4u128.pow(6) * 2 * (1 * 2 * 3 * 2 * 5 * 6 * 7 * 3);
+        let size = 4u128.pow(6) * 2 * [1u128, 2, 3, 2, 5, 6, 7, 3].iter().product::<u128>();
         assert_eq!(ts.space_size().unwrap().exact, Some(size));
 
         let allowed =
