@@ -4,6 +4,7 @@
 //! study-scale files resolve and build their trick sets against the real ground truth.
 
 use runner::config::{self, Config};
+use runner::space::factors::Size;
 use runner::space::nb201::{self, Arch, Nb201};
 use runner::space::Space;
 use runner::tricks::TrickSet;
@@ -95,6 +96,8 @@ fn tiny_trick_experiments_run_and_record_their_tricks() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml") && !p.ends_with("base.toml"))
+        // The other spaces' tiny trick runs: `archsetless_tiny_trick_experiments_...` below.
+        .filter(|p| archsetless_space(p).is_none())
         .collect();
     files.sort();
     let covered: BTreeSet<String> = files.iter().flat_map(|f| trick_keys(f)).collect();
@@ -245,6 +248,162 @@ fn tiny_trick_experiments_run_and_record_their_tricks() {
             }
             other => panic!("no check for tiny experiment {other}"),
         }
+    }
+}
+
+/// The space of a tiny trick experiment named `<space>_<trick>.toml` for the spaces without
+/// an archset (DARTS, DARTS-PTB, ProxylessNAS); `None` for the NB201 ones.
+fn archsetless_space(p: &Path) -> Option<&'static str> {
+    let name = p.file_name()?.to_string_lossy().to_string();
+    ["darts", "ptb", "proxyless"]
+        .into_iter()
+        .find(|k| name.starts_with(&format!("{k}_")))
+}
+
+/// (training, full) sizes of an archset-less space under `cfg`'s tricks.
+fn space_sizes(kind: &str, cfg: &Config) -> (Size, Size) {
+    fn of<S: Space>(space: &S, cfg: &Config) -> (Size, Size) {
+        let ts = TrickSet::new(space, cfg, None, None).unwrap();
+        (ts.space_size().unwrap(), space.factors().unwrap().size())
+    }
+    match kind {
+        "darts" => of(&runner::space::darts::Darts::new(), cfg),
+        "ptb" => of(&runner::space::ptb::Ptb, cfg),
+        _ => of(&runner::space::proxyless::Proxyless, cfg),
+    }
+}
+
+/// The tiny trick runs of DARTS, DARTS-PTB and ProxylessNAS: each records its tricks in
+/// `config.toml` and `summary.json` (with the size of the space training sampled from), every
+/// evaluated architecture respects `pruned` (read back from the eval CSVs), multipath steps
+/// run their paths, and with cosine restarts the (base) learning rate is the initial value at
+/// the first step of every period and below it elsewhere (ProxylessNAS: after the warm-up).
+#[test]
+fn archsetless_tiny_trick_experiments_run_and_respect_their_tricks() {
+    let t = tempfile::tempdir().unwrap();
+    let tiny = repo().join("experiments/tricks/tiny");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&tiny)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && archsetless_space(p).is_some())
+        .collect();
+    files.sort();
+    let kinds: BTreeSet<&str> = files.iter().filter_map(|f| archsetless_space(f)).collect();
+    assert_eq!(kinds.len(), 3, "a tiny trick run per space: {files:?}");
+    let mut covered = BTreeSet::new();
+    for file in &files {
+        let kind = archsetless_space(file).unwrap();
+        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+        let out = t.path().join(&stem);
+        let start = Instant::now();
+        let st = runner()
+            .arg(file)
+            .arg(format!("--set=experiment.output={}", out.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{stem}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        eprintln!("{stem}: {:.1} s", start.elapsed().as_secs_f64());
+        let dir = run_dir(&out);
+        let want = trick_keys(file);
+        assert!(!want.is_empty(), "{stem} turns on no trick");
+        covered.extend(want.iter().cloned());
+        assert_eq!(
+            trick_keys(&dir.join("config.toml")),
+            want,
+            "{stem}: config.toml"
+        );
+        let s = json(&dir.join("summary.json"));
+        assert_eq!(s["space"], kind);
+        let recorded: BTreeSet<String> = s["tricks"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(recorded, want, "{stem}: summary.json");
+        let cfg: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("config.toml")).unwrap()).unwrap();
+        let tricks = cfg["tricks"].as_table().unwrap();
+        // The space size training sampled from, as the trick set computes it.
+        let resolved = config::load(&dir.join("config.toml"), &[]).unwrap();
+        let (size, full) = space_sizes(kind, &resolved.config);
+        assert_eq!(s["train_space_size"], size.to_string(), "{stem}");
+        // Every evaluated architecture takes only allowed values.
+        let mut evaluated = 0;
+        for e in std::fs::read_dir(dir.join("eval")).unwrap() {
+            let mut rdr = csv::Reader::from_path(e.unwrap().path()).unwrap();
+            for r in rdr.records() {
+                let arch: serde_json::Value = serde_json::from_str(&r.unwrap()[0]).unwrap();
+                if let Some(p) = tricks.get("pruned").and_then(|p| p.as_table()) {
+                    for (key, vals) in p {
+                        let vals: Vec<serde_json::Value> = vals.clone().try_into().unwrap();
+                        assert!(
+                            vals.contains(&arch[key]),
+                            "{stem}: {key} = {} in {arch}",
+                            arch[key]
+                        );
+                    }
+                }
+                evaluated += 1;
+            }
+        }
+        assert!(evaluated >= 4, "{stem}: {evaluated} evaluated");
+        if tricks.contains_key("pruned") {
+            assert!(
+                size.log10 < full.log10 - 1.0,
+                "{stem}: pruned {size} of {full}"
+            );
+        } else {
+            assert_eq!(size, full, "{stem}");
+        }
+        let steps: Vec<serde_json::Value> = lines(&dir.join("metrics.jsonl"))
+            .into_iter()
+            .filter(|v| v["kind"] == "train_step")
+            .collect();
+        assert!(!steps.is_empty());
+        if let Some(m) = tricks.get("multipath") {
+            let k = m["paths"].as_integer().unwrap();
+            assert!(steps.iter().all(|v| v["paths"] == k), "{stem}: {k} paths");
+        }
+        if let Some(r) = tricks.get("cosine_restarts") {
+            let every = r["every"].as_integer().unwrap() as u64;
+            let train = cfg["train"].as_table().unwrap();
+            let lr0 = train["learning_rate"].as_float().unwrap();
+            let warmup = train
+                .get("warmup_epochs")
+                .and_then(|w| w.as_integer())
+                .unwrap_or(0) as u64;
+            let mut seen_epoch = 0;
+            for v in &steps {
+                let epoch = v["epoch"].as_u64().unwrap();
+                let mut lr = v["lr"].as_f64().unwrap();
+                if kind == "ptb" {
+                    // The base rate before the study's seq_len / bptt scaling.
+                    lr *= 35.0 / v["seq_len"].as_f64().unwrap();
+                }
+                let first = epoch != seen_epoch;
+                seen_epoch = epoch;
+                if epoch <= warmup {
+                    continue;
+                }
+                if first && (epoch - 1 - warmup).is_multiple_of(every) {
+                    assert!(
+                        (lr - lr0).abs() <= 1e-12 * lr0,
+                        "{stem}: restart at epoch {epoch}: {lr}"
+                    );
+                } else {
+                    assert!(
+                        lr < lr0 * (1.0 - 1e-9),
+                        "{stem}: epoch {epoch} step {}: {lr}",
+                        v["step"]
+                    );
+                }
+            }
+        }
+    }
+    for t in ["pruned", "multipath", "cosine_restarts"] {
+        assert!(covered.contains(t), "no tiny run of {t} on these spaces");
     }
 }
 

@@ -352,6 +352,12 @@ impl Layers {
     }
 
     fn resolve_paths(&self, config: &mut Config) -> Result<(), ConfigError> {
+        // "none" turns off a table a lower layer (`extends`) set, like eval.ground_truth's.
+        for p in [&mut config.eval.archs, &mut config.eval.archs_second_seed] {
+            if p.as_deref() == Some(Path::new("none")) {
+                *p = None;
+            }
+        }
         // An empty path would silently mean "the experiment file's folder".
         let empty = [
             (

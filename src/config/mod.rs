@@ -4,6 +4,7 @@
 //! relative to the extending file) < the experiment file < `RUNNER_*` environment variables
 //! (`RUNNER_TRAIN__LEARNING_RATE=0.05`) < `--set key=value` overrides.
 
+pub mod arch_keys;
 pub mod defaults;
 pub mod schema;
 

@@ -756,19 +756,47 @@ pub enum FocusMetric {
 /// What a trick needs of a space, and the spaces it is implemented and verified for.
 pub struct TrickInfo {
     pub name: &'static str,
-    /// `space.kind`s the trick supports today.
+    /// `space.kind`s the trick supports.
     pub spaces: &'static [&'static str],
-    /// Why a space can be missing from `spaces` (what the trick needs).
+    /// Why the other spaces are refused (what the trick needs that they lack).
     pub needs: &'static str,
 }
 
 /// Every trick, in the order they are applied and listed.
 pub const TRICKS: &[TrickInfo] = &[
-    TrickInfo { name: "pruned", spaces: &["nb201", "nb101"], needs: "an enumerated archset to filter (or a sampler restricted per key)" },
-    TrickInfo { name: "multipath", spaces: &["nb201", "nb101"], needs: "several paths through the supernet on one batch; FairNAS also needs the choices of every key" },
-    TrickInfo { name: "omniscience", spaces: &["nb201", "nb101"], needs: "an enumerated archset with ground truth (or, with random = true, an archset)" },
-    TrickInfo { name: "train_split", spaces: &["nb201", "nb101"], needs: "an enumerated archset (val_acc: with ground truth)" },
-    TrickInfo { name: "augmented", spaces: &["nb201", "nb101"], needs: "a setup string format and, for replicate, a supernet with op copies" },
-    TrickInfo { name: "cosine_restarts", spaces: &["nb201", "nb101"], needs: "the per-step cosine schedule" },
-    TrickInfo { name: "focus_branch", spaces: &["nb201", "nb101"], needs: "an enumerated archset (nondominated / lstsq: with ground-truth parameter counts)" },
+    TrickInfo {
+        name: "pruned",
+        spaces: &["nb201", "nb101", "darts", "ptb", "proxyless"],
+        needs: "an enumerated archset to filter or a sampler restricted per key",
+    },
+    TrickInfo {
+        name: "multipath",
+        spaces: &["nb201", "nb101", "darts", "proxyless"],
+        needs: "several paths through the supernet on one batch; DARTS-PTB carries the RNN hidden state from batch to batch through the sampled architecture, so several paths on one batch would leave several next hidden states (the study's multipath trains image supernets only)",
+    },
+    TrickInfo {
+        name: "omniscience",
+        spaces: &["nb201", "nb101"],
+        needs: "an enumerated archset ranked by ground truth; DARTS, DARTS-PTB and ProxylessNAS have no archset (about 2.8e20, 2.6e9 and 2.2e17 architectures) and ground truth for only their 377, 137 and 36 benchmark architectures (the study ran it on NB201 and NB101)",
+    },
+    TrickInfo {
+        name: "train_split",
+        spaces: &["nb201", "nb101"],
+        needs: "an enumerated archset to split into folds, which DARTS, DARTS-PTB and ProxylessNAS lack (the study ran it on NB201 and NB101); a structured fold, one value of one key, is tricks.pruned = { key = [value] }, which every space supports",
+    },
+    TrickInfo {
+        name: "augmented",
+        spaces: &["nb201", "nb101"],
+        needs: "a setup string fixing every op and, for replicate, op copies in the supernet, both defined by the study for NB201 and NB101 only; one fixed architecture of DARTS, DARTS-PTB or ProxylessNAS is tricks.pruned with one value per key",
+    },
+    TrickInfo {
+        name: "cosine_restarts",
+        spaces: &["nb201", "nb101", "darts", "ptb", "proxyless"],
+        needs: "a learning-rate schedule",
+    },
+    TrickInfo {
+        name: "focus_branch",
+        spaces: &["nb201", "nb101"],
+        needs: "an enumerated archset whose choices it fixes one by one, with ground-truth parameter counts of every architecture (nondominated / lstsq); DARTS, DARTS-PTB and ProxylessNAS have no archset and no such counts (the study ran it on NB101)",
+    },
 ];

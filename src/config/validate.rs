@@ -408,6 +408,52 @@ impl Checker<'_> {
 const NB201_KEYS: [&str; 6] = ["0_1", "0_2", "0_3", "1_2", "1_3", "2_3"];
 const NB201_OPS: usize = 5;
 
+/// DARTS ops per node slot (FairNAS permutes them).
+const DARTS_OPS: usize = 7;
+
+impl Checker<'_> {
+    /// One `tricks.pruned` key of a space without archset (`arch_keys`): a key of the space
+    /// (with a suggestion when misspelt), values among its choices, each once.
+    fn pruned_key(
+        &self,
+        kind: &str,
+        keys: &[(String, Vec<serde_json::Value>)],
+        key: &str,
+        vals: &[serde_json::Value],
+    ) -> Result<(), ConfigError> {
+        let Some((_, choices)) = keys.iter().find(|(k, _)| k == key) else {
+            let hint = suggest::hint(key, keys.iter().map(|(k, _)| k.as_str()), |c| c.into());
+            let first: Vec<&str> = keys.iter().take(4).map(|(k, _)| k.as_str()).collect();
+            return Err(self.fail(
+                "tricks.pruned",
+                format!(
+                    "tricks.pruned: {key:?} is not a {kind} key{hint} (keys like {}, ...: {} in all)",
+                    first.join(", "),
+                    keys.len()
+                ),
+            ));
+        };
+        for (i, v) in vals.iter().enumerate() {
+            if !choices.contains(v) {
+                return Err(self.fail(
+                    "tricks.pruned",
+                    format!(
+                        "tricks.pruned: key {key:?}: {v} is not one of its values {}",
+                        serde_json::Value::Array(choices.clone())
+                    ),
+                ));
+            }
+            if vals[..i].contains(v) {
+                return Err(self.fail(
+                    "tricks.pruned",
+                    format!("tricks.pruned: key {key:?} lists {v} twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// NAS-Bench-101 (space 3)'s arch keys in encoding order, its op keys and ops per op key.
 const NB101_KEYS: [&str; 11] = [
     "input1", "input2", "input3", "input4", "input5", "input6", "op1", "op2", "op3", "op4", "op5",
@@ -428,7 +474,7 @@ impl Checker<'_> {
                 return Err(self.fail(
                     &format!("tricks.{name}"),
                     format!(
-                        "tricks.{name} is not available for space.kind = \"{kind}\" (supported: {}; it needs {})",
+                        "tricks.{name} is not available for space.kind = \"{kind}\" (supported: {}): it needs {}",
                         info.spaces.join(", "),
                         info.needs
                     ),
@@ -468,6 +514,9 @@ impl Checker<'_> {
                         ),
                     ));
                 }
+                if let Some(keys) = super::arch_keys::keys(kind) {
+                    self.pruned_key(kind, &keys, k, vals)?;
+                }
                 if nb201 {
                     if !NB201_KEYS.contains(&k.as_str()) {
                         return Err(self.fail(
@@ -490,8 +539,36 @@ impl Checker<'_> {
                 }
             }
         }
+        if let (Some(p), Space::Darts(_)) = (&t.pruned, &config.space) {
+            if let Some((node, input)) =
+                super::arch_keys::darts_nodes_without_distinct_inputs(&p.to_map()).first()
+            {
+                return Err(self.fail(
+                    "tricks.pruned",
+                    format!(
+                        "tricks.pruned: node {node} allows only input {input} on both slots, but a DARTS node takes two distinct inputs"
+                    ),
+                ));
+            }
+        }
         if let Some(m) = &t.multipath {
             self.at_least_one("tricks.multipath.paths", m.paths)?;
+            if m.fairnas && matches!(config.space, Space::Darts(_)) && m.paths != DARTS_OPS {
+                return Err(self.fail(
+                    "tricks.multipath.paths",
+                    format!(
+                        "tricks.multipath.fairnas uses each of the {DARTS_OPS} DARTS ops of every node slot exactly once per step \
+                         (the inputs, 2 to 5 choices by node, come from each path's sampled architecture), so tricks.multipath.paths must be {DARTS_OPS} (got {})",
+                        m.paths
+                    ),
+                ));
+            }
+            if m.fairnas && matches!(config.space, Space::Proxyless(_)) {
+                return Err(self.fail(
+                    "tricks.multipath.fairnas",
+                    "tricks.multipath.fairnas needs every key to have the same number of choices, one per path; in ProxylessNAS the first cell of each stage has 6 (no Zero) and the others 7, so no number of paths trains every choice of every cell exactly once per step (the study ran FairNAS on NB201 and NB101 only)".into(),
+                ));
+            }
             if m.fairnas {
                 if nb201 && m.paths != NB201_OPS {
                     return Err(self.fail(
@@ -651,7 +728,21 @@ impl Checker<'_> {
         }
         if let Some(r) = &t.cosine_restarts {
             self.at_least_one("tricks.cosine_restarts.every", r.every)?;
-            if !config.train.epochs.is_multiple_of(r.every) {
+            let warmup = config.train.warmup_epochs;
+            if config.train.schedule == Schedule::WarmupCosine {
+                // The restarts follow the warm-up (see tricks::cosine_restarts::warmup_lr).
+                if config.train.epochs <= warmup
+                    || !(config.train.epochs - warmup).is_multiple_of(r.every)
+                {
+                    return Err(self.fail(
+                        "tricks.cosine_restarts.every",
+                        format!(
+                            "with train.schedule = \"warmup-cosine\" the restarts follow the warm-up: train.epochs - train.warmup_epochs = {} - {warmup} must be a positive multiple of tricks.cosine_restarts.every = {}",
+                            config.train.epochs, r.every
+                        ),
+                    ));
+                }
+            } else if !config.train.epochs.is_multiple_of(r.every) {
                 return Err(self.fail(
                     "tricks.cosine_restarts.every",
                     format!(
@@ -1208,5 +1299,169 @@ mod tests {
         ] {
             assert!(load(ok).is_ok(), "{ok}: {:?}", load(ok).err());
         }
+    }
+
+    fn load_kind(kind: &str, extra: &str) -> Result<crate::config::Resolved, String> {
+        let text = format!("[space]\nkind = \"{kind}\"\n{extra}");
+        crate::config::load_str(&text, std::path::Path::new("x.toml"), &[])
+            .map_err(|e| e.to_string())
+    }
+
+    /// DARTS, DARTS-PTB and ProxylessNAS: what each trick does or why it is refused.
+    #[test]
+    fn archsetless_trick_errors_name_the_key_and_the_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/2/0/ops\" = [\"skip_connect\"]\n",
+                "\"normal/2/0/ops\" is not a darts key (did you mean 'normal/2/0/op'?)",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/2/0/op\" = [\"conv_3x3\"]\n",
+                "key \"normal/2/0/op\": \"conv_3x3\" is not one of its values [\"max_pool_3x3\",",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/2/0/op\" = [3]\n",
+                "3 is not one of its values",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"reduce/3/1/input\" = [3]\n",
+                "key \"reduce/3/1/input\": 3 is not one of its values [0,1,2]",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/4/0/input\" = [1, 1]\n",
+                "lists 1 twice",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/4/0/input\" = []\n",
+                "allows no value",
+            ),
+            (
+                "darts",
+                "[tricks.pruned]\n\"reduce/3/0/input\" = [2]\n\"reduce/3/1/input\" = [2]\n",
+                "node reduce/3 allows only input 2 on both slots, but a DARTS node takes two distinct inputs",
+            ),
+            (
+                "darts",
+                "[tricks.multipath]\nfairnas = true\n",
+                "tricks.multipath.paths must be 7 (got 5)",
+            ),
+            (
+                "darts",
+                "[tricks.multipath]\nfairnas = true\npaths = 7\n[tricks.pruned]\n\"normal/2/0/op\" = [\"skip_connect\"]\n",
+                "tricks.multipath and tricks.pruned cannot be combined: FairNAS",
+            ),
+            (
+                "darts",
+                "[tricks.omniscience]\n",
+                "tricks.omniscience is not available for space.kind = \"darts\" (supported: nb201, nb101): it needs an enumerated archset ranked by ground truth",
+            ),
+            (
+                "darts",
+                "[tricks.train_split]\n",
+                "a structured fold, one value of one key, is tricks.pruned",
+            ),
+            (
+                "darts",
+                "[tricks.augmented]\n",
+                "tricks.augmented is not available for space.kind = \"darts\"",
+            ),
+            (
+                "darts",
+                "[tricks.focus_branch]\n",
+                "tricks.focus_branch is not available for space.kind = \"darts\"",
+            ),
+            (
+                "ptb",
+                "[tricks.multipath]\n",
+                "tricks.multipath is not available for space.kind = \"ptb\" (supported: nb201, nb101, darts, proxyless): it needs several paths through the supernet on one batch; DARTS-PTB carries the RNN hidden state",
+            ),
+            (
+                "ptb",
+                "[tricks.pruned]\n\"switch/2\" = [3]\n",
+                "key \"switch/2\": 3 is not one of its values [0,1,2]",
+            ),
+            (
+                "ptb",
+                "[tricks.pruned]\n\"act/8\" = [0]\n",
+                "\"act/8\" is not a ptb key",
+            ),
+            (
+                "ptb",
+                "[tricks.cosine_restarts]\nevery = 7\n",
+                "train.epochs = 3000 must be a multiple of tricks.cosine_restarts.every = 7",
+            ),
+            (
+                "ptb",
+                "[tricks.omniscience]\nrandom = true\n",
+                "tricks.omniscience is not available for space.kind = \"ptb\"",
+            ),
+            (
+                "proxyless",
+                "[tricks.pruned]\nstage1_cell0 = [6]\n",
+                "key \"stage1_cell0\": 6 is not one of its values [0,1,2,3,4,5]",
+            ),
+            (
+                "proxyless",
+                "[tricks.pruned]\nstage5_cel0 = [0]\n",
+                "\"stage5_cel0\" is not a proxyless key (did you mean 'stage5_cell0'?)",
+            ),
+            (
+                "proxyless",
+                "[tricks.multipath]\nfairnas = true\npaths = 7\n",
+                "the first cell of each stage has 6 (no Zero) and the others 7",
+            ),
+            (
+                "proxyless",
+                "[tricks.cosine_restarts]\nevery = 100\n",
+                "train.epochs - train.warmup_epochs = 300 - 5 must be a positive multiple of tricks.cosine_restarts.every = 100",
+            ),
+            (
+                "proxyless",
+                "[tricks.focus_branch]\n",
+                "tricks.focus_branch is not available for space.kind = \"proxyless\"",
+            ),
+        ];
+        for (kind, text, want) in cases {
+            let e = load_kind(kind, text)
+                .err()
+                .unwrap_or_else(|| panic!("{kind}: accepted: {text}"));
+            assert!(e.contains(want), "{kind}: {text}\n -> {e}");
+            assert!(e.starts_with("x.toml"), "{e}");
+        }
+        for (kind, ok) in [
+            (
+                "darts",
+                "[tricks.pruned]\n\"normal/2/0/op\" = [\"sep_conv_3x3\", \"skip_connect\"]\n\"reduce/3/0/input\" = [2]\n\"reduce/3/1/input\" = [0, 2]\n[tricks.multipath]\npaths = 3\n[tricks.cosine_restarts]\nevery = 100\n",
+            ),
+            (
+                "darts",
+                "[tricks.multipath]\nfairnas = true\npaths = 7\n",
+            ),
+            (
+                "ptb",
+                "[tricks.pruned]\n\"act/0\" = [0, 3]\n\"switch/7\" = [0, 7]\n[tricks.cosine_restarts]\nevery = 1000\n",
+            ),
+            (
+                "proxyless",
+                "[tricks.pruned]\nstage0_cell1 = [6]\nstage5_cell0 = [0, 5]\n[tricks.multipath]\npaths = 2\n[tricks.cosine_restarts]\nevery = 59\n",
+            ),
+        ] {
+            let r = load_kind(kind, ok);
+            assert!(r.is_ok(), "{kind}: {ok}: {:?}", r.err());
+        }
+        // eval.archs = "none" turns off a table set by a lower layer.
+        let r = load_kind(
+            "darts",
+            "[eval]\narchs = \"none\"\narchs_second_seed = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(r.config.eval.archs, None);
+        assert_eq!(r.config.eval.archs_second_seed, None);
     }
 }

@@ -322,6 +322,27 @@ pub(crate) fn correlations_unavailable<A>(
     why
 }
 
+/// An `eval.archs` table is evaluated as given, also where tricks restrict training (`pruned`
+/// on a space without archset): it is the benchmark the ranking is measured on. Says how many
+/// of its architectures training never samples.
+pub(crate) fn warn_untrained_table_rows<S: Space>(
+    tricks: &TrickSet<S>,
+    space: &S,
+    table: &benchmark::Table<S::Arch>,
+) {
+    if tricks.names().is_empty() {
+        return;
+    }
+    let archs: Vec<S::Arch> = table.rows.iter().map(|r| r.arch.clone()).collect();
+    let outside = tricks.count_outside(space, &archs);
+    if outside > 0 {
+        tracing::warn!(
+            "{outside} of the {} eval.archs architectures lie outside the space the tricks train on; they are evaluated as given",
+            table.rows.len()
+        );
+    }
+}
+
 /// Runs (or resumes, or reports as finished) the experiment in `dir`.
 pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     resolved: &Resolved,
@@ -444,6 +465,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                 t.rows.len(),
                 t.source
             );
+            warn_untrained_table_rows(&tricks, &parts.space, t);
             t.rows.iter().map(|r| r.arch.clone()).collect()
         }
         None => {
@@ -528,8 +550,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                 Schedule::Cosine => tricks.lr(progress.step as usize, steps_per_epoch, total_steps),
                 // ProxylessNAS: set before each step at the fractional epoch; the warm-up
                 // rises to learning_rate * device.gpus (none with one device).
-                Schedule::WarmupCosine => schedule::warmup_cosine(
-                    train_cfg.learning_rate,
+                Schedule::WarmupCosine => tricks.warmup_lr(
                     cfg.device.gpus,
                     train_cfg.warmup_epochs,
                     epochs,
@@ -685,6 +706,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         tau_fraction_of_noise_ceiling: tau_fraction,
         tricks: tricks.describe(),
         train_archset_size: tricks.train_archset_size(),
+        train_space_size: tricks.space_size().map(|s| s.to_string()),
         score: None,
         space_details: None,
         correlations_unavailable,

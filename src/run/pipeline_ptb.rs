@@ -24,6 +24,7 @@ use crate::space::{benchmark, GroundTruth, Space};
 use crate::train::asgd::{Asgd, AsgdConfig};
 use crate::train::clip;
 use crate::train::sgd::{Sgd, SgdConfig};
+use crate::tricks::TrickSet;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -301,7 +302,9 @@ pub fn roll_back(
 }
 
 /// Trains one epoch: windows of the study's variable length over `train`, a fresh zero hidden
-/// state carried (detached) from batch to batch, one sampled architecture per batch. A
+/// state carried (detached) from batch to batch, one architecture per batch sampled through
+/// `tricks` (`pruned` restricts it; `cosine_restarts` shapes the base learning rate over the
+/// fractional epoch before the seq_len / bptt scaling). A
 /// non-finite loss (checked after the optimizer step, as the study; an overflowing
 /// perplexity counts too) drops the rest of the epoch and rolls back to the best state.
 #[allow(clippy::too_many_arguments)]
@@ -313,6 +316,7 @@ pub fn train_epoch(
     st: &mut TrainState,
     progress: &mut PtbProgress,
     sample_rng: &mut Rng,
+    tricks: &TrickSet<Ptb>,
     epoch: usize,
     log: &mut dyn FnMut(&StepLog) -> Result<()>,
 ) -> Result<EpochOutcome> {
@@ -332,10 +336,15 @@ pub fn train_epoch(
     };
     let mut out = EpochOutcome::default();
     let mut hidden = net.zero_hidden(b)?;
-    for w in wins {
-        let lr = settings.lr * w.len as f64 / settings.bptt as f64;
+    let n_wins = wins.len().max(1) as f64;
+    for (i, w) in wins.into_iter().enumerate() {
+        let base = tricks.constant_lr(
+            settings.lr,
+            epoch.saturating_sub(1) as f64 + i as f64 / n_wins,
+        );
+        let lr = base * w.len as f64 / settings.bptt as f64;
         st.opt.set_lr(lr);
-        let arch = Ptb.sample(sample_rng);
+        let arch = tricks.sample(&Ptb, sample_rng);
         let x = Tensor::from_slice(train.rows_slice(w.start, w.len), (w.len, b), &dev)?;
         let y = Tensor::from_slice(train.rows_slice(w.start + 1, w.len), (w.len, b), &dev)?;
         let step = progress.base.step;
@@ -681,13 +690,15 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         );
     }
 
+    let tricks = TrickSet::new(&Ptb, cfg, parts.ground_truth.as_ref(), None).context("tricks")?;
+    for line in tricks.report() {
+        tracing::info!("tricks: {line}");
+    }
     // The validation architectures: the table's, or the study's draws from the start of the
     // sampling stream. The draws are made either way, so training samples the same sequence
     // of architectures with and without eval.archs.
     let mut sample_rng = rng::stream(seed, "sample", &[]);
-    let drawn: Vec<Arch> = (0..cfg.eval.num_archs)
-        .map(|_| Ptb.sample(&mut sample_rng))
-        .collect();
+    let drawn: Vec<Arch> = tricks.draw_eval_archs(&Ptb, cfg.eval.num_archs, &mut sample_rng);
     let fixed_archs = parts.eval_table.is_some();
     let archs: Vec<Arch> = match &parts.eval_table {
         Some(t) => {
@@ -696,6 +707,7 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
                 t.rows.len(),
                 t.source
             );
+            super::pipeline::warn_untrained_table_rows(&tricks, &Ptb, t);
             t.rows.iter().map(|r| r.arch).collect()
         }
         None => drawn,
@@ -831,6 +843,7 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
             &mut st,
             &mut progress,
             &mut sample_rng,
+            &tricks,
             epoch,
             &mut log,
         )?;
@@ -949,8 +962,9 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         final_eval,
         history: progress.base.history.clone(),
         tau_fraction_of_noise_ceiling: tau_fraction,
-        tricks: serde_json::Value::Object(Default::default()),
+        tricks: tricks.describe(),
         train_archset_size: None,
+        train_space_size: tricks.space_size().map(|s| s.to_string()),
         score: Some("perplexity".into()),
         correlations_unavailable,
         space_details: Some(serde_json::json!({
@@ -1073,6 +1087,7 @@ mod tests {
         // Move the weights away from the best state with a sane step first.
         let sane = settings(1.0);
         let mut sr = rng::stream(0, "sample", &[]);
+        let plain = TrickSet::new(&Ptb, &crate::config::defaults::ptb(), None, None).unwrap();
         let mut none = |_: &StepLog| Ok(());
         let mut p2 = progress();
         let out = train_epoch(
@@ -1086,6 +1101,7 @@ mod tests {
             &mut st,
             &mut p2,
             &mut sr,
+            &plain,
             1,
             &mut none,
         )
@@ -1104,7 +1120,7 @@ mod tests {
             Ok(())
         };
         let out = train_epoch(
-            &net, &store, &train, &s, &mut st, &mut p, &mut sr, 2, &mut count,
+            &net, &store, &train, &s, &mut st, &mut p, &mut sr, &plain, 2, &mut count,
         )
         .unwrap();
         let ev = out

@@ -84,6 +84,11 @@ pub struct Summary {
     /// focus-branch decisions), when the space has an archset.
     #[serde(default)]
     pub train_archset_size: Option<usize>,
+    /// Architectures training samples from in a space without archset (DARTS, PTB,
+    /// ProxylessNAS; after `pruned`): the exact count with its order of magnitude, e.g.
+    /// `"46656 (4.67e4)"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_space_size: Option<String>,
     /// What the supernet score is when it is not top-1 accuracy (DARTS-PTB: `perplexity`,
     /// lower is better; its correlations are of perplexity against the benchmark's perplexity).
     #[serde(default, skip_serializing_if = "Option::is_none")]

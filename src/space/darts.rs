@@ -348,6 +348,39 @@ impl Space for Darts {
             reduce: mk("reduce", cells[1]),
         }
     }
+
+    /// One factor per node (sorted key order), its keys `op`, `input` of slot 0 then slot 1:
+    /// the study's product op0 x input0 x op1 x input1 without input0 == input1, which is
+    /// [`node_choices`] in order. The study prunes ops by NAME and inputs by index.
+    fn factors(&self) -> Option<super::factors::Factors> {
+        use super::factors::{Draw, Factor, Factors};
+        let ops: Vec<serde_json::Value> = OPS.iter().map(|&o| o.into()).collect();
+        let mut factors = vec![];
+        for cell in CELLS {
+            for node in NODES {
+                let inputs: Vec<serde_json::Value> = (0..node as u64).map(Into::into).collect();
+                factors.push(Factor::new(
+                    format!("{cell}/{node}"),
+                    vec![
+                        key(cell, node, 0, "op"),
+                        key(cell, node, 0, "input"),
+                        key(cell, node, 1, "op"),
+                        key(cell, node, 1, "input"),
+                    ],
+                    vec![ops.clone(), inputs.clone(), ops.clone(), inputs],
+                    vec![(1, 3)],
+                ));
+            }
+        }
+        Some(Factors::new(factors, Draw::U64))
+    }
+
+    /// FairNAS permutes the 7 ops of every (node, slot), whose weights are shared by all input
+    /// choices; the inputs (2 to 5 choices by node) come from the architecture each path
+    /// samples, as the study's NB101 multipath takes the input masks of a sampled architecture.
+    fn fair_keys() -> Option<Vec<String>> {
+        Some(keys().into_iter().filter(|k| k.ends_with("/op")).collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 pub mod benchmark;
 pub mod darts;
+pub mod factors;
 pub mod nb101;
 pub mod nb201;
 pub mod proxyless;
@@ -64,6 +65,14 @@ pub trait Space: Send + Sync + Sized + 'static {
     /// The keys FairNAS permutes (each choice of each such key used once per step); the other
     /// keys of each path come from an architecture the path samples. `None`: every key.
     fn fair_keys() -> Option<Vec<String>> {
+        None
+    }
+
+    /// A space without an enumerated archset as the study's mutator samples it: independent
+    /// factors, each one uniform draw (see [`factors`]). `pruned` restricts them; with no
+    /// restriction, sampling them is draw for draw [`Space::sample`]. `None` for spaces with
+    /// an archset.
+    fn factors(&self) -> Option<factors::Factors> {
         None
     }
 }

@@ -200,6 +200,21 @@ impl Space for Proxyless {
         }
         Arch { ops }
     }
+
+    /// One factor per cell in key order: op indices 0..5 for a stage's first cell (no
+    /// `Zero`), 0..6 for the others (the study's `get_default_search_space`).
+    fn factors(&self) -> Option<super::factors::Factors> {
+        use super::factors::{Draw, Factor, Factors};
+        let factors = cell_positions()
+            .map(|(s, c)| {
+                Factor::single(
+                    format!("stage{s}_cell{c}"),
+                    (0..choices(c) as u64).map(Into::into).collect(),
+                )
+            })
+            .collect();
+        Some(Factors::new(factors, Draw::U64))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

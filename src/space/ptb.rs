@@ -197,6 +197,25 @@ impl Space for Ptb {
         }
         Arch { steps }
     }
+
+    /// One factor per key, `act/0..7` (activation indices 0..3) then `switch/0..7` (0..=i),
+    /// each drawn with a `usize` range as [`Ptb::sample`] does.
+    fn factors(&self) -> Option<super::factors::Factors> {
+        use super::factors::{Draw, Factor, Factors};
+        let acts = (0..STEPS).map(|i| {
+            Factor::single(
+                format!("act/{i}"),
+                (0..Act::ALL.len() as u64).map(Into::into).collect(),
+            )
+        });
+        let switches = (0..STEPS).map(|i| {
+            Factor::single(
+                format!("switch/{i}"),
+                (0..=i as u64).map(Into::into).collect(),
+            )
+        });
+        Some(Factors::new(acts.chain(switches).collect(), Draw::Usize))
+    }
 }
 
 #[cfg(test)]

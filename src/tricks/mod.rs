@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | training archset (and the validation subset drawn from it) | [`TrickSet::archset`], [`TrickSet::eval_archs`] | augmented, omniscience, train_split, pruned, focus_branch |
 //! | sampler | [`TrickSet::sample`], [`TrickSet::paths`] | the filters above; multipath (k paths, FairNAS permutations) |
-//! | learning rate | [`TrickSet::lr`] | cosine_restarts |
+//! | learning rate | [`TrickSet::lr`], [`TrickSet::warmup_lr`] (ProxylessNAS), [`TrickSet::constant_lr`] (PTB) | cosine_restarts |
 //! | after an evaluation | [`TrickSet::focus_due`], [`TrickSet::focus_decide`] | focus_branch |
 //! | supernet construction | [`replicate_copies`] | augmented with `replicate` |
 //!
@@ -17,7 +17,9 @@
 //! (a subset of the archset), pruned (the reference's mutator filters the chosen subset by
 //! `pruned`), then the focus-branch decisions taken so far. Architectures are compared through
 //! their benchmark JSON encoding (`Space::encode`), so every filter works for any space with an
-//! enumerated archset.
+//! enumerated archset. Spaces without one (DARTS, PTB, ProxylessNAS) describe their sampler as
+//! independent factors (`Space::factors`): `pruned` restricts those, FairNAS permutes their
+//! `Space::fair_keys`, and the archset filters are refused at config time.
 
 pub mod augmented;
 pub mod cosine_restarts;
@@ -31,6 +33,7 @@ pub use crate::config::schema::{TrickInfo, TRICKS};
 
 use crate::config::{self, Config};
 use crate::rng::Rng;
+use crate::space::factors::{Factors, Size};
 use crate::space::{GroundTruth, Space};
 use anyhow::{bail, Context, Result};
 use rand::Rng as _;
@@ -78,6 +81,11 @@ pub struct TrickSet<S: Space> {
     /// FairNAS: every permuted key (`Space::fair_keys`) with its choices, each list in the
     /// same length.
     fair_choices: Option<Vec<(String, Vec<Value>)>>,
+    /// A space without archset: its factors (`Space::factors`), restricted by `pruned`.
+    factors: Option<Factors>,
+    /// Whether `factors` is restricted (sampling then goes through them; otherwise through
+    /// the space's own sampler, which draws the same).
+    restricted: bool,
     /// How the training archset came about, one line per filter.
     log: Vec<String>,
 }
@@ -181,6 +189,24 @@ impl<S: Space> TrickSet<S> {
                 full.len()
             ));
         }
+        let mut factors = if full.is_none() {
+            space.factors()
+        } else {
+            None
+        };
+        if let Some(f) = &factors {
+            log.push(format!(
+                "space {} (no archset, sampled per {}): {} architectures",
+                S::KIND,
+                if f.factors.iter().any(|x| x.keys.len() > 1) {
+                    "node"
+                } else {
+                    "key"
+                },
+                f.size()
+            ));
+        }
+        let mut restricted = false;
         let need_archset = |name: &str| -> Result<&[S::Arch]> {
             full.with_context(|| {
                 format!(
@@ -254,7 +280,18 @@ impl<S: Space> TrickSet<S> {
             ));
             set = Some(fold);
         }
-        if let Some(p) = &t.pruned {
+        if let (Some(p), Some(f)) = (&t.pruned, &factors) {
+            let allowed = p.to_map();
+            let r = pruned::restrict(space, &allowed)?;
+            log.push(format!(
+                "pruned {}: sampling restricted from {} to {} architectures",
+                serde_json::to_string(&allowed).unwrap_or_default(),
+                f.size(),
+                r.size()
+            ));
+            factors = Some(r);
+            restricted = true;
+        } else if let Some(p) = &t.pruned {
             let from = match &set {
                 Some(s) => s.clone(),
                 None => need_archset("pruned")?.to_vec(),
@@ -280,8 +317,10 @@ impl<S: Space> TrickSet<S> {
         let mut fair_choices = None;
         if let Some(m) = &t.multipath {
             if m.fairnas {
-                let full = need_archset("multipath.fairnas")?;
-                let mut ch = choices::<S>(full)?;
+                let mut ch = match &factors {
+                    Some(f) => f.keys(),
+                    None => choices::<S>(need_archset("multipath.fairnas")?)?,
+                };
                 if let Some(keys) = S::fair_keys() {
                     ch.retain(|(k, _)| keys.contains(k));
                 }
@@ -301,8 +340,15 @@ impl<S: Space> TrickSet<S> {
             ));
         }
         if let Some(r) = &t.cosine_restarts {
+            let after = match cfg.train.schedule {
+                config::Schedule::WarmupCosine => format!(
+                    " after the {} warm-up epochs, each period a cosine from learning_rate x device.gpus to 0",
+                    cfg.train.warmup_epochs
+                ),
+                config::Schedule::Cosine => String::new(),
+            };
             log.push(format!(
-                "cosine_restarts: the learning rate restarts every {} epochs",
+                "cosine_restarts: the learning rate restarts every {} epochs{after}",
                 r.every
             ));
         }
@@ -327,6 +373,8 @@ impl<S: Space> TrickSet<S> {
             decisions: vec![],
             params,
             fair_choices,
+            factors,
+            restricted,
             log,
         };
         if let Some(n) = ts.train_archset_size() {
@@ -363,13 +411,56 @@ impl<S: Space> TrickSet<S> {
         self.current.as_deref().or_else(|| space.archset())
     }
 
-    /// One architecture drawn uniformly from the training archset.
+    /// One architecture drawn uniformly from the training archset, or from the pruned factors
+    /// of a space without archset.
     pub fn sample(&self, space: &S, rng: &mut Rng) -> S::Arch {
-        match self.current.as_deref() {
+        match (self.current.as_deref(), &self.factors) {
             // The same draw as the space's own sampler, over the filtered set.
-            Some(set) if !set.is_empty() => set[rng.random_range(0..set.len())].clone(),
+            (Some(set), _) if !set.is_empty() => set[rng.random_range(0..set.len())].clone(),
+            (_, Some(f)) if self.restricted => pruned::decode_checked::<S>(f.sample(rng)),
             _ => space.sample(rng),
         }
+    }
+
+    /// The number of architectures training samples from in a space without archset (after
+    /// `pruned`).
+    pub fn space_size(&self) -> Option<Size> {
+        self.factors.as_ref().map(Factors::size)
+    }
+
+    /// How many of `archs` training never samples (outside the training archset, or not
+    /// allowed by `pruned` in a space without archset).
+    pub fn count_outside(&self, space: &S, archs: &[S::Arch]) -> usize {
+        match (self.archset(space), &self.factors) {
+            (Some(set), _) => {
+                let set: std::collections::HashSet<&S::Arch> = set.iter().collect();
+                archs.iter().filter(|a| !set.contains(a)).count()
+            }
+            (None, Some(f)) => archs
+                .iter()
+                .filter(|a| !encoded::<S>(a).is_ok_and(|o| f.allows(&o)))
+                .count(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The study's mutators (DARTS, PTB, ProxylessNAS) draw the validation architectures with
+    /// replacement when the space holds more than 10 times as many, and otherwise take
+    /// `RandomState(seed).permutation(size)[:k]` of the enumerated space (distinct, in that
+    /// order): the small case, which only a strong `pruned` reaches.
+    fn small_space_eval(&self, k: usize) -> Option<Vec<S::Arch>> {
+        let f = self.factors.as_ref()?;
+        let n = f.size().exact?;
+        if n > 10 * k as u128 {
+            return None;
+        }
+        let perm = crate::rng::mt19937::RandomState::new(self.seed as u32).permutation(n as usize);
+        Some(
+            perm.into_iter()
+                .take(k)
+                .map(|i| pruned::decode_checked::<S>(f.nth(i as u128)))
+                .collect(),
+        )
     }
 
     /// The paths of one training step: one architecture, or multipath's k (FairNAS: built from
@@ -421,11 +512,44 @@ impl<S: Space> TrickSet<S> {
         }
     }
 
+    /// The learning rate at fractional epoch `epoch` (0-based) for a training loop whose
+    /// schedule is otherwise constant at `initial` (DARTS-PTB, which then scales it by the
+    /// sequence length): with `cosine_restarts`, a cosine from `initial` to `train.ending_lr`
+    /// over every period of `every` epochs, `initial` again at each period start.
+    pub fn constant_lr(&self, initial: f64, epoch: f64) -> f64 {
+        match &self.cfg.cosine_restarts {
+            Some(r) => cosine_restarts::lr_at_epoch(initial, self.ending_lr, epoch, r.every as f64),
+            None => initial,
+        }
+    }
+
+    /// ProxylessNAS's warm-up + cosine schedule at fractional epoch `epoch`; with
+    /// `cosine_restarts` the cosine after the warm-up restarts every `every` epochs at the
+    /// warm-up's peak (see [`cosine_restarts::warmup_lr`]).
+    pub fn warmup_lr(&self, world: usize, warmup_epochs: usize, epochs: usize, epoch: f64) -> f64 {
+        match &self.cfg.cosine_restarts {
+            Some(r) => {
+                cosine_restarts::warmup_lr(self.learning_rate, world, warmup_epochs, r.every, epoch)
+            }
+            None => crate::train::schedule::warmup_cosine(
+                self.learning_rate,
+                world,
+                warmup_epochs,
+                epochs,
+                epoch,
+            ),
+        }
+    }
+
     /// Without an archset (DARTS, PTB, ProxylessNAS) the reference draws the validation
     /// architectures from the sampler's own seeded stream when the sampler is built, and
     /// training sampling continues that stream (duplicates possible). `rng` is that stream
     /// at its start; it is left where training continues.
     pub fn draw_eval_archs(&self, space: &S, k: usize, rng: &mut Rng) -> Vec<S::Arch> {
+        // A small pruned space: the study's permutation, which leaves the sampler alone.
+        if let Some(v) = self.small_space_eval(k) {
+            return v;
+        }
         (0..k).map(|_| self.sample(space, rng)).collect()
     }
 

@@ -187,6 +187,93 @@ mod tests {
         assert!(outside > 0);
     }
 
+    /// DARTS FairNAS: each of the 7 ops of each of the 16 (cell, node, slot)s exactly once per
+    /// step; the inputs come from each path's own sample (valid, and varying).
+    #[test]
+    fn darts_fairnas_uses_each_op_exactly_once_per_slot_per_step() {
+        use crate::space::darts::{Darts, Op};
+        let space = Darts::new();
+        let mut cfg = defaults::darts();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 7,
+            fairnas: true,
+        });
+        let ts = TrickSet::new(&space, &cfg, None, None).unwrap();
+        let mut r = crate::rng::stream(5, "sample", &[]);
+        let mut inputs = std::collections::HashSet::new();
+        let mut first_ops = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let paths = ts.paths(&space, &mut r).unwrap();
+            assert_eq!(paths.len(), 7);
+            for cell in 0..2 {
+                for node in 2..=5 {
+                    for slot in 0..2 {
+                        let mut ops: Vec<Op> = paths
+                            .iter()
+                            .map(|a| a.cell(cell).node(node)[slot].op)
+                            .collect();
+                        ops.sort();
+                        assert_eq!(ops, Op::ALL, "cell {cell} node {node} slot {slot}");
+                    }
+                }
+            }
+            inputs.insert(paths[0].reduce.node(5).map(|s| s.input));
+            first_ops.insert(paths[0].normal.node(2)[0].op);
+        }
+        assert!(inputs.len() > 10, "inputs are sampled per path: {inputs:?}");
+        assert_eq!(first_ops.len(), 7, "the permutations vary");
+        // Not 7 paths: refused when the trick set is built (the config check says it first).
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 5,
+            fairnas: true,
+        });
+        let e = TrickSet::new(&space, &cfg, None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has 7 choices, but paths = 5"), "{e}");
+        // ProxylessNAS: 6 choices in a stage's first cell, 7 in the others.
+        let mut cfg = defaults::proxyless();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 7,
+            fairnas: true,
+        });
+        let e = TrickSet::new(&crate::space::proxyless::Proxyless, &cfg, None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("\"stage0_cell0\" has 6 choices, but paths = 7"),
+            "{e}"
+        );
+    }
+
+    /// Plain multipath on a pruned DARTS space: k paths, each from the restricted sampler.
+    #[test]
+    fn darts_multipath_paths_respect_pruned() {
+        use crate::space::darts::{Darts, Op};
+        let space = Darts::new();
+        let mut cfg = defaults::darts();
+        cfg.tricks.multipath = Some(Multipath {
+            paths: 3,
+            fairnas: false,
+        });
+        let m = [(
+            "normal/4/1/op".to_string(),
+            vec![serde_json::json!("avg_pool_3x3")],
+        )];
+        cfg.tricks.pruned = Some(crate::config::Pruned::Map(m.into_iter().collect()));
+        let ts = TrickSet::new(&space, &cfg, None, None).unwrap();
+        let mut r = crate::rng::stream(0, "sample", &[]);
+        for _ in 0..50 {
+            let paths = ts.paths(&space, &mut r).unwrap();
+            assert_eq!(paths.len(), 3);
+            assert!(paths
+                .iter()
+                .all(|a| a.normal.node(4)[1].op == Op::AvgPool3x3));
+        }
+    }
+
     #[test]
     fn fairnas_needs_paths_equal_to_choices() {
         let space = Nb201::new();

@@ -13,6 +13,7 @@ use crate::run::dir::RunDir;
 use crate::run::pipeline::{self, Outcome, Parts};
 use crate::space::darts::{Darts, DartsNet};
 use crate::space::{benchmark, GroundTruth, Space};
+use crate::tricks::TrickSet;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
@@ -79,6 +80,12 @@ pub fn check(resolved: &Resolved) -> Result<String> {
         )),
     }
     report.push_str(&describe_ground_truth(gt.as_ref()));
+    if !cfg.tricks.is_empty() {
+        let ts = TrickSet::new(&Darts::new(), cfg, gt.as_ref(), None).context("tricks")?;
+        for line in ts.report() {
+            report.push_str(&format!("tricks: {line}\n"));
+        }
+    }
     Ok(report)
 }
 

@@ -12,6 +12,7 @@ use crate::run::pipeline_ptb::{self, PtbParts};
 use crate::space::ptb::{self as space_ptb, Arch, Ptb, STEPS};
 use crate::space::ptb_model::PtbNet;
 use crate::space::{benchmark, GroundTruth, Space};
+use crate::tricks::TrickSet;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,12 @@ pub fn check(resolved: &Resolved) -> Result<String> {
         None => ground_truth(resolved)?,
     };
     r.push_str(&describe_ground_truth(gt.as_ref()));
+    if !cfg.tricks.is_empty() {
+        let ts = TrickSet::new(&Ptb, cfg, gt.as_ref(), None).context("tricks")?;
+        for line in ts.report() {
+            r.push_str(&format!("tricks: {line}\n"));
+        }
+    }
     Ok(r)
 }
 
