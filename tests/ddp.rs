@@ -419,7 +419,7 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
     // One process scores the initial weights exactly as the two ranks did (architectures dealt
     // 3 + 2, recalibration batches by position).
     let one = runner()
-        .arg(&config(t.path(), "one", 1, ""))
+        .arg(config(t.path(), "one", 1, ""))
         .args([
             "--set",
             "device.gpus=1",
@@ -430,7 +430,7 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
         .unwrap();
     ok(&one);
     let two = runner()
-        .arg(&config(t.path(), "two", 1, ""))
+        .arg(config(t.path(), "two", 1, ""))
         .args(["--set", "eval.num_archs_intermediate=5"])
         .output()
         .unwrap();
@@ -680,4 +680,15 @@ fn bad_data_parallel_input_fails_with_one_line_and_writes_nothing() {
     assert!(one_line_error(&o).contains("DARTS-PTB trains on one device"));
 
     assert!(!out.exists(), "a failed start wrote {}", out.display());
+
+    // `runner check` describes a valid data-parallel experiment.
+    let o = runner()
+        .arg("check")
+        .arg(repo().join("experiments/tiny/nb201_ddp.toml"))
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(
+        "# data parallel: 2 ranks (CPU processes), learning rate x 2, parallel sampling"
+    ));
 }

@@ -360,57 +360,59 @@ mod tests {
     #[test]
     fn gradients_of_present_variables_are_averaged_and_scores_travel_exactly() {
         let d = ranks(2);
-        let out: Vec<(Vec<Option<Vec<f32>>>, Vec<Vec<f64>>, bool, String)> =
-            std::thread::scope(|s| {
-                let hs: Vec<_> = d
-                    .iter()
-                    .map(|dist| {
-                        s.spawn(move || {
-                            let dev = Device::Cpu;
-                            let vars: Vec<Var> = (0..3)
-                                .map(|k| {
-                                    Var::from_tensor(
-                                        &Tensor::zeros(2, candle_core::DType::F32, &dev)
-                                            .unwrap()
-                                            .affine(1.0, k as f64)
-                                            .unwrap(),
-                                    )
-                                    .unwrap()
-                                })
-                                .collect();
-                            let mut g = GradStore::default();
-                            let r = dist.rank() as f32;
-                            // Variable 0 on both ranks, 1 on rank 1 only, 2 on none.
-                            g.insert(
-                                vars[0].as_tensor(),
-                                Tensor::new(&[1.0f32 + r, 0.1], &dev).unwrap(),
-                            );
-                            if dist.rank() == 1 {
-                                g.insert(
-                                    vars[1].as_tensor(),
-                                    Tensor::new(&[4.0f32, -2.0], &dev).unwrap(),
-                                );
-                            }
-                            dist.reduce_grads(&mut g, &vars).unwrap();
-                            let got = vars
-                                .iter()
-                                .map(|v| g.get(v.as_tensor()).map(|t| t.to_vec1::<f32>().unwrap()))
-                                .collect();
-                            let mine = [f64::from(r) + 0.1, -0.0, f64::NAN, 1e-300];
-                            let all = dist.gather_f64(&mine).unwrap();
-                            let resumed = dist.root_decides(dist.rank() == 0).unwrap();
-                            let path = dist
-                                .root_outcome(
-                                    "opening",
-                                    (dist.rank() == 0).then(|| Ok("/runs/x".to_string())),
+        /// Per rank: the gradients after the reduction, the gathered scores, the flag and
+        /// path rank 0 decided.
+        type Seen = (Vec<Option<Vec<f32>>>, Vec<Vec<f64>>, bool, String);
+        let out: Vec<Seen> = std::thread::scope(|s| {
+            let hs: Vec<_> = d
+                .iter()
+                .map(|dist| {
+                    s.spawn(move || {
+                        let dev = Device::Cpu;
+                        let vars: Vec<Var> = (0..3)
+                            .map(|k| {
+                                Var::from_tensor(
+                                    &Tensor::zeros(2, candle_core::DType::F32, &dev)
+                                        .unwrap()
+                                        .affine(1.0, k as f64)
+                                        .unwrap(),
                                 )
-                                .unwrap();
-                            (got, all, resumed, path)
-                        })
+                                .unwrap()
+                            })
+                            .collect();
+                        let mut g = GradStore::default();
+                        let r = dist.rank() as f32;
+                        // Variable 0 on both ranks, 1 on rank 1 only, 2 on none.
+                        g.insert(
+                            vars[0].as_tensor(),
+                            Tensor::new(&[1.0f32 + r, 0.1], &dev).unwrap(),
+                        );
+                        if dist.rank() == 1 {
+                            g.insert(
+                                vars[1].as_tensor(),
+                                Tensor::new(&[4.0f32, -2.0], &dev).unwrap(),
+                            );
+                        }
+                        dist.reduce_grads(&mut g, &vars).unwrap();
+                        let got = vars
+                            .iter()
+                            .map(|v| g.get(v.as_tensor()).map(|t| t.to_vec1::<f32>().unwrap()))
+                            .collect();
+                        let mine = [f64::from(r) + 0.1, -0.0, f64::NAN, 1e-300];
+                        let all = dist.gather_f64(&mine).unwrap();
+                        let resumed = dist.root_decides(dist.rank() == 0).unwrap();
+                        let path = dist
+                            .root_outcome(
+                                "opening",
+                                (dist.rank() == 0).then(|| Ok("/runs/x".to_string())),
+                            )
+                            .unwrap();
+                        (got, all, resumed, path)
                     })
-                    .collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            });
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
         for (got, all, resumed, path) in &out {
             assert_eq!(got[0].as_deref(), Some(&[1.5f32, (0.1f32 + 0.1) / 2.0][..]));
             assert_eq!(got[1].as_deref(), Some(&[2.0f32, -1.0][..]));

@@ -100,6 +100,28 @@ pub fn rank_device(cfg: &config::Config, local_rank: usize) -> Result<Device> {
     }
 }
 
+/// The `data parallel:` line of `runner check` (none for one device).
+fn describe_ranks(cfg: &config::Config) -> String {
+    let d = &cfg.device;
+    if d.gpus <= 1 {
+        return String::new();
+    }
+    let on = match d.kind {
+        DeviceKind::Cpu => "CPU processes".to_string(),
+        _ => format!("CUDA devices {}..{}", d.index, d.index + d.gpus - 1),
+    };
+    format!(
+        "data parallel: {} ranks ({on}), learning rate x {}, {}\n",
+        d.gpus,
+        d.gpus,
+        if cfg.train.parallel_sampling {
+            "parallel sampling (each rank its own architecture per step)"
+        } else {
+            "the same architecture on every rank"
+        }
+    )
+}
+
 /// The `data:` line of `runner check`.
 fn describe_data(data: &crate::data::Split) -> String {
     format!(
@@ -132,7 +154,7 @@ pub fn check(resolved: &Resolved) -> Result<String> {
         config::Space::Ptb(_) => setup::ptb::check(resolved)?,
         config::Space::Proxyless(_) => setup::proxyless::check(resolved)?,
     };
-    Ok(space_report)
+    Ok(format!("{}{space_report}", describe_ranks(cfg)))
 }
 
 /// Runs the experiment of `resolved` in its results folder, as the rank `dir.dist()` says.
