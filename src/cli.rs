@@ -318,9 +318,11 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let cfg = &resolved.config;
     let timeout = Duration::from_secs(cfg.device.timeout_s);
-    // Started as one rank of a data-parallel run (by `runner launch`, torchrun or srun).
-    if let Some(rv) = tcp::Rendezvous::from_env(timeout)? {
-        if rv.world > 1 || cfg.device.gpus > 1 {
+    // Started as one rank of a data-parallel run (by `runner launch`, torchrun or srun); a
+    // one-device run in a world of one (`WORLD_SIZE=1`) needs no rendezvous.
+    let one = std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() == "1");
+    if cfg.device.gpus > 1 || !one {
+        if let Some(rv) = tcp::Rendezvous::from_env(timeout)? {
             return run_rank(&file, args.fresh, &resolved, rv);
         }
     }

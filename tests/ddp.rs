@@ -347,7 +347,7 @@ fn logged_archs(log: &str, rank: usize) -> Vec<String> {
 #[test]
 fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
     let t = tempfile::tempdir().unwrap();
-    let a = config(t.path(), "a", 3, "");
+    let a = config(t.path(), "a", 5, "");
     let o = runner()
         .args(["launch", "--nproc", "2"])
         .arg(&a)
@@ -369,6 +369,8 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
         "eval/epoch_0001.csv",
         "eval/epoch_0002.csv",
         "eval/epoch_0003.csv",
+        "eval/epoch_0004.csv",
+        "eval/epoch_0005.csv",
         "metrics.jsonl",
         "report.html",
         "run.log",
@@ -383,7 +385,7 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
     assert_eq!(got, want);
     let summary: serde_json::Value =
         serde_json::from_str(&read(&dir_a.join("summary.json"))).unwrap();
-    assert_eq!(summary["steps"], 12);
+    assert_eq!(summary["steps"], 20);
     assert_eq!(summary["final_eval"]["num_archs"], 5);
 
     // The single-process reference: the same weights, losses and per-rank architectures.
@@ -441,7 +443,7 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
 
     // `runner FILE` starts the ranks itself; SIGKILL of it after the first checkpoint takes the
     // ranks along, and the rerun resumes to the uninterrupted results.
-    let b = config(t.path(), "b", 3, "");
+    let b = config(t.path(), "b", 5, "");
     let mut launcher = runner()
         .arg(&b)
         .stdout(Stdio::null())
@@ -479,8 +481,8 @@ fn two_cpu_ranks_equal_the_single_process_reference_and_resume_after_a_kill() {
     for f in [
         "summary.json",
         "metrics.jsonl",
+        "eval/epoch_0005.csv",
         "eval/epoch_0003.csv",
-        "eval/epoch_0002.csv",
     ] {
         assert_eq!(read(&dir_a.join(f)), read(&dir_b.join(f)), "{f}");
     }

@@ -1,9 +1,9 @@
 //! Gradient all-reduce between GPU ranks through NCCL (`cudarc::nccl`, re-exported by candle).
 //!
-//! UNVERIFIED: this file is only compiled with `--features nccl`, which needs the CUDA toolkit;
-//! the machine it was written on has none, so it has never been compiled or run. It is written
-//! against cudarc 0.19's safe API (`Comm::from_rank`, `Comm::all_reduce`) and candle 0.11's
-//! `CustomOp1` (the pattern of candle's own multi-process examples).
+//! UNVERIFIED on a GPU: this file is only compiled with `--features nccl`; it type-checks
+//! (`cargo check` / `clippy` against the CUDA 13.0 and NCCL 2.27 headers of
+//! `scripts/build-cuda.sh`) but has never run. It uses cudarc 0.19's safe API
+//! (`Comm::from_rank`, `Comm::all_reduce`) through candle 0.11's `CustomOp1`.
 //!
 //! Rank 0 creates NCCL's unique id and sends its 128 bytes to the others over the TCP group
 //! ([`super::tcp::broadcast_bytes`]), so the TCP rendezvous is the only meeting point. NCCL has
