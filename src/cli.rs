@@ -1,12 +1,17 @@
 //! The command line: parses arguments and calls `run`; prints nothing else.
 
+use crate::collective::tcp;
 use crate::config;
-use crate::run::{diff, dir::RunDir, execute, records::Summary, report, show, sweep};
-use anyhow::{Context, Result};
+use crate::run::{
+    diff, dir::RunDir, dist::Dist, execute, launch, records::Summary, report, show, sweep,
+};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,6 +73,35 @@ pub enum Command {
         /// Override a config key for every point (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+    },
+    /// Run FILE data-parallel as `--nproc` rank processes on this machine (torchrun-like: each
+    /// gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); `runner FILE` does the same
+    /// on one machine when `device.gpus` > 1. The world size (nproc x nnodes) must equal
+    /// `device.gpus`.
+    Launch {
+        file: PathBuf,
+        /// Rank processes on this machine (default: device.gpus / --nnodes).
+        #[arg(long, value_name = "N")]
+        nproc: Option<usize>,
+        /// Machines taking part, each running `runner launch` with its own --node-rank.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        nnodes: usize,
+        /// This machine's index (0 hosts rank 0).
+        #[arg(long, value_name = "I", default_value_t = 0)]
+        node_rank: usize,
+        /// Address rank 0 listens on (default: $MASTER_ADDR, else 127.0.0.1).
+        #[arg(long, value_name = "HOST")]
+        master_addr: Option<String>,
+        /// Port rank 0 listens on (default: $MASTER_PORT, else a free port; required with
+        /// --nnodes > 1).
+        #[arg(long, value_name = "PORT")]
+        master_port: Option<u16>,
+        /// Override a config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Start over in a new results folder instead of resuming.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Time one NB201 training step and one architecture evaluation on the CPU, side by side
     /// with the PyTorch twin (benchmarks/pytorch/nb201_bench.py) when PyTorch is installed.
@@ -175,14 +209,26 @@ impl Write for LogWriter {
 }
 
 fn init_logging() {
-    use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+    use tracing_subscriber::{filter::LevelFilter, fmt, prelude::*, EnvFilter};
     let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
+    // The ranks > 0 of a data-parallel run print only warnings and errors (their whole log is
+    // in their run.rank<r>.log), so the terminal shows rank 0's progress.
+    let other_rank = std::env::var_os("WORLD_SIZE").is_some()
+        && std::env::var("RANK")
+            .ok()
+            .and_then(|r| r.trim().parse::<usize>().ok())
+            .is_some_and(|r| r > 0);
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_filter(if other_rank {
+            LevelFilter::WARN
+        } else {
+            LevelFilter::TRACE
+        });
     let file = fmt::layer()
         .with_writer(|| LogWriter)
         .with_ansi(false)
@@ -286,6 +332,37 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let cfg = &resolved.config;
+    let timeout = Duration::from_secs(cfg.device.timeout_s);
+    // Started as one rank of a data-parallel run (by `runner launch`, torchrun or srun); a
+    // one-device run in a world of one (`WORLD_SIZE=1`) needs no rendezvous.
+    let one = std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() == "1");
+    if cfg.device.gpus > 1 || !one {
+        if let Some(rv) = tcp::Rendezvous::from_env(timeout)? {
+            return run_rank(&file, args.fresh, &resolved, rv);
+        }
+    }
+    if cfg.device.gpus > 1 {
+        // Data parallel on this machine: start the ranks (each one runs this same command).
+        execute::check_devices(cfg, cfg.device.gpus)?;
+        let mut rank_args = rank_args(&file, &args.sets, args.fresh);
+        if let Some(id) = &args.sweep_point {
+            rank_args.extend(["--sweep-point".into(), id.into()]);
+        }
+        let port = match env_port()? {
+            Some(p) => p,
+            None => launch::free_port()?,
+        };
+        return launch::launch(&launch::Plan {
+            nproc: cfg.device.gpus,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            threads: launch::threads_per_rank(cfg.device.gpus, cfg.device.threads),
+            exe: this_program()?,
+            args: rank_args,
+        });
+    }
     let dir = RunDir::open(
         &cfg.experiment.output,
         &cfg.experiment.name,
@@ -293,15 +370,7 @@ fn run(args: RunArgs) -> Result<()> {
         args.fresh,
         cfg.experiment.allow_outside_output,
     )?;
-    let log_path = dir.file("run.log");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    if let Ok(mut g) = LOG_FILE.lock() {
-        *g = Some(f);
-    }
+    log_to(&dir.file("run.log"))?;
     tracing::info!(
         "runner {} -> {}",
         env!("CARGO_PKG_VERSION"),
@@ -313,6 +382,218 @@ fn run(args: RunArgs) -> Result<()> {
     }
     print!("{}", summary_table(&outcome.summary, &dir.path));
     Ok(())
+}
+
+/// Sends the log to `path` (appending) besides stderr.
+fn log_to(path: &Path) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if let Ok(mut g) = LOG_FILE.lock() {
+        *g = Some(f);
+    }
+    Ok(())
+}
+
+fn this_program() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find this program's path to start the ranks")
+}
+
+/// The command line of every rank: the experiment and its options.
+fn rank_args(file: &Path, sets: &[String], fresh: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![file.as_os_str().to_owned()];
+    for s in sets {
+        a.push("--set".into());
+        a.push(s.into());
+    }
+    if fresh {
+        a.push("--fresh".into());
+    }
+    a
+}
+
+/// `MASTER_PORT` of the environment, if set.
+fn env_port() -> Result<Option<u16>> {
+    match std::env::var("MASTER_PORT") {
+        Ok(p) if !p.trim().is_empty() => p
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("environment variable MASTER_PORT={p:?} is not a port")),
+        _ => Ok(None),
+    }
+}
+
+/// This process's local rank: `LOCAL_RANK` (torchrun, `runner launch`), else `SLURM_LOCALID`
+/// (srun), else its global rank (one machine).
+fn local_rank(rank: usize) -> Result<usize> {
+    for k in ["LOCAL_RANK", "SLURM_LOCALID"] {
+        if let Ok(v) = std::env::var(k) {
+            if !v.trim().is_empty() {
+                return v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("environment variable {k}={v:?} is not a number"));
+            }
+        }
+    }
+    Ok(rank)
+}
+
+/// One rank of a data-parallel run: meet the others over TCP (nothing is written before they
+/// have all arrived), then rank 0 opens the run folder and everyone runs the experiment.
+fn run_rank(
+    file: &Path,
+    fresh: bool,
+    resolved: &config::Resolved,
+    rv: tcp::Rendezvous,
+) -> Result<()> {
+    let cfg = &resolved.config;
+    if rv.world != cfg.device.gpus {
+        bail!(
+            "WORLD_SIZE={} (from the environment) but device.gpus = {} for {}: start one rank per device, WORLD_SIZE = device.gpus (`runner launch --nproc {} FILE`, or --set device.gpus={})",
+            rv.world,
+            cfg.device.gpus,
+            file.display(),
+            cfg.device.gpus,
+            rv.world
+        );
+    }
+    let local = local_rank(rv.rank)?;
+    let device = execute::rank_device(cfg, local)?;
+    tracing::info!(
+        "rank {} of {} (pid {}, local rank {local}, {:?}): meeting the other ranks at {}",
+        rv.rank,
+        rv.world,
+        std::process::id(),
+        device,
+        rv.addr
+    );
+    let comm = tcp::connect(&rv)?;
+    let dist = Arc::new(Dist::new(
+        Box::new(comm),
+        local,
+        device,
+        &rv.addr,
+        rv.timeout,
+    )?);
+    dist.agree("the configuration hash", &resolved.hash)?;
+    let what = "to open the run folder";
+    let dir = if dist.is_root() {
+        match RunDir::open(
+            &cfg.experiment.output,
+            &cfg.experiment.name,
+            &resolved.hash,
+            fresh,
+            cfg.experiment.allow_outside_output,
+        ) {
+            Ok(d) => {
+                dist.root_outcome(what, Some(Ok(d.path.to_string_lossy().into_owned())))?;
+                d.with_dist(dist.clone())
+            }
+            Err(e) => {
+                let _ = dist.root_outcome(what, Some(Err(anyhow::anyhow!("{e:#}"))));
+                return Err(e);
+            }
+        }
+    } else {
+        let path = dist.root_outcome(what, None)?;
+        RunDir::follow(PathBuf::from(path), dist.clone())
+    };
+    let log = match dist.rank() {
+        0 => "run.log".to_string(),
+        r => format!("run.rank{r}.log"),
+    };
+    log_to(&dir.file(&log))?;
+    tracing::info!(
+        "runner {} -> {} (rank {} of {}, pid {})",
+        env!("CARGO_PKG_VERSION"),
+        dir.path.display(),
+        dist.rank(),
+        dist.world(),
+        std::process::id()
+    );
+    let outcome = execute::execute(resolved, &dir)?;
+    if dist.is_root() {
+        if outcome.already_finished {
+            tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
+        }
+        print!("{}", summary_table(&outcome.summary, &dir.path));
+    }
+    Ok(())
+}
+
+/// `runner launch`: the ranks of this machine.
+#[allow(clippy::too_many_arguments)]
+fn launch_command(
+    file: &Path,
+    sets: &[String],
+    fresh: bool,
+    nproc: Option<usize>,
+    nnodes: usize,
+    node_rank: usize,
+    master_addr: Option<String>,
+    master_port: Option<u16>,
+) -> Result<()> {
+    if config::sweep_source(file)?.is_some() {
+        bail!(
+            "runner launch runs one experiment, and {} has a [sweep] table (run the sweep with `runner sweep`; points with device.gpus > 1 start their ranks themselves)",
+            file.display()
+        );
+    }
+    let resolved = config::load(file, sets)?;
+    let cfg = &resolved.config;
+    if nnodes == 0 {
+        bail!("runner launch: --nnodes must be >= 1");
+    }
+    let nproc = match nproc {
+        Some(n) => n,
+        None if cfg.device.gpus % nnodes == 0 => cfg.device.gpus / nnodes,
+        None => bail!(
+            "runner launch: device.gpus = {} does not split over --nnodes {nnodes}; give --nproc",
+            cfg.device.gpus
+        ),
+    };
+    if nproc == 0 {
+        bail!("runner launch: --nproc must be >= 1");
+    }
+    if nproc * nnodes != cfg.device.gpus {
+        bail!(
+            "runner launch: --nproc {nproc} x --nnodes {nnodes} = {} ranks but device.gpus = {} for {}: the world size must equal device.gpus (--set device.gpus={} or --nproc {})",
+            nproc * nnodes,
+            cfg.device.gpus,
+            file.display(),
+            nproc * nnodes,
+            cfg.device.gpus / nnodes
+        );
+    }
+    execute::check_devices(cfg, nproc)?;
+    let master_addr = master_addr
+        .or_else(|| {
+            std::env::var("MASTER_ADDR")
+                .ok()
+                .filter(|a| !a.trim().is_empty())
+        })
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let master_port = match (master_port, env_port()?) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) if nnodes > 1 => {
+            bail!("runner launch: --master-port (or MASTER_PORT) is required with --nnodes > 1")
+        }
+        (None, None) => launch::free_port()?,
+    };
+    launch::launch(&launch::Plan {
+        nproc,
+        nnodes,
+        node_rank,
+        master_addr,
+        master_port,
+        threads: launch::threads_per_rank(nproc, cfg.device.threads),
+        exe: this_program()?,
+        args: rank_args(file, sets, fresh),
+    })
 }
 
 /// `diff`, `show` and `report`: read results folders, print to stdout.
@@ -436,13 +717,33 @@ pub fn main() -> i32 {
             devices,
             sets,
         }) => sweep(&file, &sets, dry_run, jobs, shard.as_deref(), devices),
+        Some(Command::Launch {
+            file,
+            nproc,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            sets,
+            fresh,
+        }) => launch_command(
+            &file,
+            &sets,
+            fresh,
+            nproc,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+        ),
         None => run(cli.run),
     };
     match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            1
+            // A failed rank's exit code passes through its launcher.
+            e.downcast_ref::<launch::Failed>().map_or(1, |f| f.code)
         }
     }
 }

@@ -805,7 +805,8 @@ fn found_toml(value: &toml::Value) -> String {
 }
 
 /// First 10 hex digits of SHA-256 over the resolved TOML without the keys that never change
-/// results (where results go, how many CPU threads compute them).
+/// results (where results go, how many CPU threads compute them, how long ranks wait for each
+/// other).
 fn hash_of(config: &Config) -> Result<String, String> {
     let mut table = toml::Table::try_from(config).map_err(|e| e.to_string())?;
     if let Some(toml::Value::Table(e)) = table.get_mut("experiment") {
@@ -813,6 +814,7 @@ fn hash_of(config: &Config) -> Result<String, String> {
     }
     if let Some(toml::Value::Table(d)) = table.get_mut("device") {
         d.remove("threads");
+        d.remove("timeout_s");
     }
     let text = toml::to_string_pretty(&sorted(table)).map_err(|e| e.to_string())?;
     let digest = Sha256::digest(text.as_bytes());
@@ -1395,6 +1397,7 @@ mod tests {
         assert!(base.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(hash(&["experiment.output=/elsewhere"]), base);
         assert_eq!(hash(&["device.threads=3"]), base);
+        assert_eq!(hash(&["device.timeout_s=5"]), base);
         // Setting a value to its default changes nothing.
         assert_eq!(hash(&["train.learning_rate=0.1"]), base);
         assert_ne!(hash(&["train.learning_rate=0.05"]), base);

@@ -467,10 +467,18 @@ pub struct DeviceCfg {
     /// learning rate is multiplied by this number, as in the study.
     #[serde(default = "one")]
     pub gpus: usize,
+    /// Seconds a rank of a data-parallel run waits for the others (rendezvous, NCCL set-up,
+    /// every collective) before it fails naming the missing rank. Changes no result.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u64,
 }
 
 fn one() -> usize {
     1
+}
+
+fn default_timeout_s() -> u64 {
+    1800
 }
 
 impl Default for DeviceCfg {
@@ -480,6 +488,7 @@ impl Default for DeviceCfg {
             index: 0,
             threads: 0,
             gpus: 1,
+            timeout_s: default_timeout_s(),
         }
     }
 }

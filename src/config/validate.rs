@@ -316,6 +316,15 @@ impl Checker<'_> {
         let t = &config.train;
         self.at_least_one("train.epochs", t.epochs)?;
         self.at_least_one("device.gpus", config.device.gpus)?;
+        if config.device.timeout_s < 1 {
+            return Err(self.fail(
+                "device.timeout_s",
+                format!(
+                    "device.timeout_s must be >= 1 (got {})",
+                    config.device.timeout_s
+                ),
+            ));
+        }
         let lr = t.learning_rate;
         self.float("train.learning_rate", lr, lr > 0.0, "> 0")?;
         self.float("train.ending_lr", t.ending_lr, t.ending_lr >= 0.0, ">= 0")?;

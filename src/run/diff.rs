@@ -1,9 +1,9 @@
 //! `runner diff A B [C...]`: the params and metrics that differ between run folders (or between
 //! the matched points of sweep folders), laid out like DVC's `params diff` / `metrics diff`.
 //!
-//! Params are the resolved `config.toml`s flattened to dotted keys, without the two keys that do
-//! not change results (`experiment.output`, `device.threads`; the config hash leaves them out
-//! too). Metrics are [`folder::run_metrics`]. With more than two folders each is compared against
+//! Params are the resolved `config.toml`s flattened to dotted keys, without the keys that do
+//! not change results (`experiment.output`, `device.threads`, `device.timeout_s`; the config
+//! hash leaves them out too). Metrics are [`folder::run_metrics`]. With more than two folders each is compared against
 //! the first; the Path column names the newer folder. Sweeps are matched point by point by their
 //! overrides; a Point column names the point, and points without a partner are listed.
 
@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Keys that differ between otherwise identical runs without changing what they compute.
-const IGNORED_PARAMS: [&str; 2] = ["experiment.output", "device.threads"];
+const IGNORED_PARAMS: [&str; 3] = ["experiment.output", "device.threads", "device.timeout_s"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

@@ -1,14 +1,20 @@
 //! The results folder of one run: naming, locking, atomic writes.
 
+use super::dist::Dist;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-/// An open, locked run folder.
+/// An open run folder, as one rank of the run sees it: rank 0 (or a single process) holds its
+/// lock and writes it; the other ranks of a data-parallel run only read it (the checkpoint to
+/// resume from).
 pub struct RunDir {
     pub path: PathBuf,
-    lock: PathBuf,
+    /// `None` on the ranks that do not write.
+    lock: Option<PathBuf>,
+    dist: Arc<Dist>,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
@@ -139,7 +145,31 @@ impl RunDir {
                 }
             }
         }
-        Ok(RunDir { path, lock })
+        Ok(RunDir {
+            path,
+            lock: Some(lock),
+            dist: Arc::new(Dist::single()),
+        })
+    }
+
+    /// The folder rank 0 of `dist` has opened at `path`, for a rank that only reads it.
+    pub fn follow(path: PathBuf, dist: Arc<Dist>) -> RunDir {
+        RunDir {
+            path,
+            lock: None,
+            dist,
+        }
+    }
+
+    /// This folder as rank `dist.rank()` of a data-parallel run uses it (rank 0 of it).
+    pub fn with_dist(mut self, dist: Arc<Dist>) -> RunDir {
+        self.dist = dist;
+        self
+    }
+
+    /// The rank this process is of the run (a single process: rank 0 of 1).
+    pub fn dist(&self) -> &Dist {
+        &self.dist
     }
 
     pub fn file(&self, rel: &str) -> PathBuf {
@@ -147,13 +177,22 @@ impl RunDir {
     }
 
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        if self.lock.is_none() {
+            bail!(
+                "internal: rank {} tried to write {} (only rank 0 writes the run folder)",
+                self.dist.rank(),
+                self.file(rel).display()
+            );
+        }
         write_atomic(&self.file(rel), bytes)
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.lock);
+        if let Some(lock) = &self.lock {
+            let _ = fs::remove_file(lock);
+        }
     }
 }
 

@@ -10,14 +10,8 @@ use candle_core::Device;
 
 pub use super::setup::{eval_table, ground_truth_dir, EvalTable};
 
-/// Picks the device named by `[device]`.
+/// Picks the device named by `[device]` for a single process.
 pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
-    if cfg.gpus > 1 {
-        bail!(
-            "device.gpus = {}: data-parallel training on several devices is not available in this build (one device only); run on one with --set device.gpus=1 (the learning rate is then not multiplied by {})",
-            cfg.gpus, cfg.gpus
-        );
-    }
     match cfg.kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda => {
@@ -29,6 +23,103 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
         }
         DeviceKind::Auto => Ok(Device::cuda_if_available(cfg.index).unwrap_or(Device::Cpu)),
     }
+}
+
+/// The CUDA devices of this machine, and why there are none where that has a reason worth
+/// saying (a build without `cuda`, no driver).
+pub fn cuda_devices() -> (usize, Option<String>) {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        match CudaContext::device_count() {
+            Ok(n) => (n.max(0) as usize, None),
+            Err(e) => (0, Some(format!("the CUDA driver is not usable: {e:?}"))),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        (
+            0,
+            Some("this runner was built without the `cuda` feature".into()),
+        )
+    }
+}
+
+/// Refuses data parallelism this machine or the space cannot run, before anything starts:
+/// `local_ranks` ranks of `device.gpus` run here (all of them at `runner check` and for
+/// `runner FILE`; `--nproc` for `runner launch`; one for a rank started by srun or torchrun).
+pub fn check_devices(cfg: &config::Config, local_ranks: usize) -> Result<()> {
+    let d = &cfg.device;
+    if d.gpus <= 1 {
+        return Ok(());
+    }
+    if matches!(cfg.space, config::Space::Ptb(_)) {
+        bail!(
+            "device.gpus = {}: DARTS-PTB trains on one device (the study ran it on one GPU; its loop has no data-parallel version): run it with --set device.gpus=1",
+            d.gpus
+        );
+    }
+    if d.kind == DeviceKind::Cpu {
+        return Ok(());
+    }
+    let (n, why) = cuda_devices();
+    if d.index + local_ranks > n {
+        let at = if d.index > 0 {
+            format!(" from device.index = {} on", d.index)
+        } else {
+            String::new()
+        };
+        let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+        bail!(
+            "device.gpus = {}{at} but this machine has {n} CUDA device{}{why}: run on one device with --set device.gpus=1 (the learning rate is then not multiplied by {}), or as {} CPU processes with --set device.kind=\"cpu\"",
+            d.gpus,
+            if n == 1 { "" } else { "s" },
+            d.gpus,
+            d.gpus
+        );
+    }
+    Ok(())
+}
+
+/// The device of the rank with local index `local_rank` (`device.index + local_rank` on a GPU
+/// machine, as torchrun's LOCAL_RANK is used).
+pub fn rank_device(cfg: &config::Config, local_rank: usize) -> Result<Device> {
+    check_devices(cfg, local_rank + 1)?;
+    let d = &cfg.device;
+    match d.kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda | DeviceKind::Auto => {
+            let i = d.index + local_rank;
+            Device::new_cuda(i).with_context(|| {
+                format!(
+                    "cannot open CUDA device {i} (device.index {} + LOCAL_RANK {local_rank})",
+                    d.index
+                )
+            })
+        }
+    }
+}
+
+/// The `data parallel:` line of `runner check` (none for one device).
+fn describe_ranks(cfg: &config::Config) -> String {
+    let d = &cfg.device;
+    if d.gpus <= 1 {
+        return String::new();
+    }
+    let on = match d.kind {
+        DeviceKind::Cpu => "CPU processes".to_string(),
+        _ => format!("CUDA devices {}..{}", d.index, d.index + d.gpus - 1),
+    };
+    format!(
+        "data parallel: {} ranks ({on}), learning rate x {}, {}\n",
+        d.gpus,
+        d.gpus,
+        if cfg.train.parallel_sampling {
+            "parallel sampling (each rank its own architecture per step)"
+        } else {
+            "the same architecture on every rank"
+        }
+    )
 }
 
 /// The `data:` line of `runner check`.
@@ -44,6 +135,7 @@ fn describe_data(data: &crate::data::Split) -> String {
 /// Everything `runner check` verifies without training: data, ground truth, the model builds.
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
+    check_devices(cfg, cfg.device.gpus)?;
     device(&cfg.device)?;
     let space_report = match &cfg.space {
         config::Space::Nb101(_) => {
@@ -62,13 +154,26 @@ pub fn check(resolved: &Resolved) -> Result<String> {
         config::Space::Ptb(_) => setup::ptb::check(resolved)?,
         config::Space::Proxyless(_) => setup::proxyless::check(resolved)?,
     };
-    Ok(space_report)
+    Ok(format!("{}{space_report}", describe_ranks(cfg)))
 }
 
-/// Runs the experiment of `resolved` in its results folder.
+/// Runs the experiment of `resolved` in its results folder, as the rank `dir.dist()` says.
 pub fn execute(resolved: &Resolved, dir: &RunDir) -> Result<Outcome> {
     let cfg = &resolved.config;
-    let device = device(&cfg.device)?;
+    let dist = dir.dist();
+    if dist.world() != cfg.device.gpus {
+        bail!(
+            "device.gpus = {} needs as many processes, this one is rank {} of {}: start it with `runner FILE` or `runner launch --nproc {}`",
+            cfg.device.gpus,
+            dist.rank(),
+            dist.world(),
+            cfg.device.gpus
+        );
+    }
+    let device = match dist.device() {
+        Some(d) => d.clone(),
+        None => device(&cfg.device)?,
+    };
     tracing::info!("device: {:?}", device);
     match &cfg.space {
         config::Space::Nb101(sc) => {

@@ -150,8 +150,14 @@ pub(crate) fn csv_field(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Scores `archs` at `epoch`, writes `eval/epoch_NNNN.csv`, returns the record and the
-/// accuracy of each architecture.
+/// Scores `archs` at `epoch`, writes `eval/epoch_NNNN.csv` (rank 0), returns the record and
+/// the accuracy of each architecture (on every rank).
+///
+/// With several ranks, architecture i is scored by rank i mod world, and it recalibrates BN on
+/// the batches of the recalibration stream a single process would give it (position
+/// `start + i x steps`; batch g of the stream is a function of g alone), so the scores are the
+/// same whatever the number of ranks, bit for bit. The study instead gave each rank its own
+/// recalibration loader, so its scores depended on the rank count; this is deliberate.
 #[allow(clippy::too_many_arguments)]
 fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
     parts: &Parts<S, N>,
@@ -163,10 +169,17 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
     epoch: usize,
     device: &Device,
 ) -> Result<(EvalRecord, Vec<f64>)> {
-    let pb = bar(archs.len() as u64, "evaluate");
-    let mut accs = vec![];
-    let mut losses = vec![];
-    let mut top5s = vec![];
+    let dist = dir.dist();
+    let mine = archs
+        .len()
+        .saturating_sub(dist.rank())
+        .div_ceil(dist.world());
+    let pb = bar(mine as u64, "evaluate");
+    // Per architecture: accuracy, loss, top-5 (NaN when not measured); zeros where another
+    // rank scores it.
+    let mut scored = vec![0f64; 3 * archs.len()];
+    let start = recal.consumed;
+    let steps = cfg.eval.bn_recalibration.steps as u64;
     // The loss is reported with the training criterion's smoothing, as the study's ProxylessNAS
     // trainer does; top-5 where the space reports it.
     let opts = evaluate::ScoreOptions {
@@ -174,6 +187,10 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         top5: S::TOP5,
     };
     for (i, arch) in archs.iter().enumerate() {
+        if i % dist.world() != dist.rank() {
+            continue;
+        }
+        recal.consumed = start + i as u64 * steps;
         let drop_path = parts.net.drop_path(epoch, cfg.train.epochs);
         let s = evaluate::score_with(
             &parts.net,
@@ -193,12 +210,22 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
                 S::arch_string(arch)
             )
         })?;
-        accs.push(s.accuracy);
-        losses.push(s.loss);
-        top5s.extend(s.top5);
+        scored[3 * i] = s.accuracy;
+        scored[3 * i + 1] = s.loss;
+        scored[3 * i + 2] = s.top5.unwrap_or(f64::NAN);
         pb.inc(1);
     }
     pb.finish_and_clear();
+    recal.consumed = start + archs.len() as u64 * steps;
+    let all = dist.gather_f64(&scored)?;
+    let owner = |i: usize| &all[i % dist.world()];
+    let accs: Vec<f64> = (0..archs.len()).map(|i| owner(i)[3 * i]).collect();
+    let losses: Vec<f64> = (0..archs.len()).map(|i| owner(i)[3 * i + 1]).collect();
+    let top5s: Vec<f64> = if S::TOP5 {
+        (0..archs.len()).map(|i| owner(i)[3 * i + 2]).collect()
+    } else {
+        vec![]
+    };
     let gt = parts.ground_truth.as_ref();
     // Benchmark columns (FLOPs, params, top-5...) ride along as `bench_<name>`, and the
     // supernet's own count of FLOPs and params sits next to them where the space has one.
@@ -249,7 +276,9 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
         }
         csv.push('\n');
     }
-    dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
+    if dist.is_root() {
+        dir.write(&format!("eval/epoch_{epoch:04}.csv"), csv.as_bytes())?;
+    }
     let (n_gt, [tau, rho, r, topk], k, ceiling) =
         correlate(archs, &accs, gt, cfg.eval.top_k_fraction);
     let n = accs.len().max(1) as f64;
@@ -274,7 +303,9 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
     if let Some(o) = line.as_object_mut() {
         o.insert("kind".into(), "eval".into());
     }
-    append_metrics(dir, &line)?;
+    if dist.is_root() {
+        append_metrics(dir, &line)?;
+    }
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
     tracing::info!(
         "eval epoch {epoch}: {} archs, mean acc {:.4} (min {:.4}, max {:.4}), kendall {} spearman {} pearson {} top-{k} {}",
@@ -343,7 +374,19 @@ pub(crate) fn warn_untrained_table_rows<S: Space>(
     }
 }
 
-/// Runs (or resumes, or reports as finished) the experiment in `dir`.
+/// The finished run's summary, when `dir` holds one (and its checkpoint).
+fn finished_summary(dir: &RunDir) -> Result<Option<Summary>> {
+    let summary_path = dir.file("summary.json");
+    if !(summary_path.exists() && dir.file("checkpoints/latest.safetensors").exists()) {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&summary_path)
+        .with_context(|| format!("reading {}", summary_path.display()))?;
+    Ok(serde_json::from_str::<Summary>(&text).ok())
+}
+
+/// Runs (or resumes, or reports as finished) the experiment in `dir`, as rank
+/// `dir.dist().rank()` of a data-parallel run (see [`super::dist`]); only rank 0 writes.
 pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     resolved: &Resolved,
     mut parts: Parts<S, N>,
@@ -352,19 +395,31 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
 ) -> Result<Outcome> {
     let cfg = &resolved.config;
     let seed = cfg.experiment.seed;
+    let dist = dir.dist();
+    let root = dist.is_root();
+    let world = dist.world();
     let latest = dir.file("checkpoints/latest.safetensors");
-    let summary_path = dir.file("summary.json");
-    if summary_path.exists() && latest.exists() {
-        let text = std::fs::read_to_string(&summary_path)
-            .with_context(|| format!("reading {}", summary_path.display()))?;
-        if let Ok(summary) = serde_json::from_str::<Summary>(&text) {
-            return Ok(Outcome {
-                summary,
-                already_finished: true,
-            });
-        }
+    // Rank 0 decides from the folder it holds; the others follow (the folder is shared).
+    let finished = if root { finished_summary(dir)? } else { None };
+    if dist.root_decides(finished.is_some())? {
+        let summary = match finished {
+            Some(s) => s,
+            None => finished_summary(dir)?.with_context(|| {
+                format!(
+                    "rank {}: rank 0 found a finished run in {}, which this rank cannot read (results must be on a file system every rank shares)",
+                    dist.rank(),
+                    dir.path.display()
+                )
+            })?,
+        };
+        return Ok(Outcome {
+            summary,
+            already_finished: true,
+        });
     }
-    dir.write("config.toml", resolved.toml.as_bytes())?;
+    if root {
+        dir.write("config.toml", resolved.toml.as_bytes())?;
+    }
 
     let train_cfg = &cfg.train;
     let mut opt = sgd::Sgd::new(
@@ -398,8 +453,15 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         last_train_accuracy: None,
         tricks: tricks.progress(),
     };
-    if latest.exists() {
-        let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)?;
+    let resumed = dist.root_decides(latest.exists())?;
+    if resumed {
+        let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)
+            .with_context(|| {
+                format!(
+                    "rank {} resuming (results must be on a file system every rank shares)",
+                    dist.rank()
+                )
+            })?;
         parts
             .store
             .load(&ck.model)
@@ -410,22 +472,29 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         tricks
             .restore(&parts.space, &progress.tricks)
             .with_context(|| format!("checkpoint {}", latest.display()))?;
-        truncate_metrics(dir, progress.epoch)?;
+        if root {
+            truncate_metrics(dir, progress.epoch)?;
+        }
         tracing::info!(
             "resuming from {} at epoch {} (step {})",
             latest.display(),
             progress.epoch,
             progress.step
         );
-    } else if dir.file("metrics.jsonl").exists() {
+    } else if root && dir.file("metrics.jsonl").exists() {
         // A run killed before its first checkpoint starts over.
         std::fs::remove_file(dir.file("metrics.jsonl"))
             .with_context(|| format!("cannot remove {}", dir.file("metrics.jsonl").display()))?;
     }
-    let resumed = latest.exists();
     let mut sample_rng = rng::restore_state(&progress.sample_rng)?;
-    if cfg.tricks.focus_branch.is_some() {
+    if root && cfg.tricks.focus_branch.is_some() {
         write_decisions(dir, tricks.decisions())?;
+    }
+    // Parallel sampling under PyTorch 1: the study fills every gradient with zeros before
+    // training, so every parameter takes weight decay and momentum from the first step.
+    let parallel = cfg.train.parallel_sampling && world > 1;
+    if parallel && train_cfg.unsampled == crate::config::Unsampled::Pytorch1 {
+        opt.mark_all_touched();
     }
 
     let d = &parts.data;
@@ -481,11 +550,18 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     };
     let n_train = d.train_indices.len();
     let bs = cfg.data.batch_size;
-    let mut steps_per_epoch = n_train / bs;
+    // Each rank trains on its share of every epoch (DistributedSampler), in full batches.
+    let per_rank = dist.samples_per_rank(n_train);
+    let mut steps_per_epoch = per_rank / bs;
     if train_cfg.max_steps > 0 {
         steps_per_epoch = steps_per_epoch.min(train_cfg.max_steps);
     }
     if steps_per_epoch == 0 {
+        if world > 1 {
+            anyhow::bail!(
+                "data.batch_size {bs} exceeds the {per_rank} training images of each of the {world} ranks: no full batch to train on"
+            );
+        }
         anyhow::bail!(
             "data.batch_size {bs} exceeds the {n_train} training images: no full batch to train on"
         );
@@ -499,7 +575,22 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         vars.iter().map(|v| v.elem_count()).sum::<usize>()
     );
 
+    if world > 1 {
+        tracing::info!(
+            "rank {} of {world}: {steps_per_epoch} steps of {bs} images per epoch, learning rate x {world}, {}",
+            dist.rank(),
+            if parallel {
+                "parallel sampling (each rank its own architecture)"
+            } else {
+                "the same architecture on every rank"
+            }
+        );
+    }
+
     let save = |progress: &Progress, opt: &sgd::Sgd, path: &std::path::Path| -> Result<()> {
+        if !root {
+            return Ok(());
+        }
         let ck = Checkpoint {
             model: parts.store.tensors(),
             optim: opt.state()?,
@@ -509,7 +600,11 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     };
 
     // A resumed run writes a new events file; TensorBoard keeps the later value of a step.
-    let mut tb = TbLog::open(&dir.path);
+    let mut tb = if root {
+        TbLog::open(&dir.path)
+    } else {
+        TbLog::off()
+    };
     if progress.epoch == 0 && cfg.eval.at_start && !progress.history.iter().any(|h| h.epoch == 0) {
         let k = if fixed_archs {
             archs.len()
@@ -524,11 +619,22 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     }
 
     for epoch in progress.epoch + 1..=epochs {
-        let order: Vec<usize> = data::shuffled(n_train, seed, "train-order", &[epoch as u64])
+        let order: Vec<usize> = dist
+            .shard(&data::shuffled(
+                n_train,
+                seed,
+                "train-order",
+                &[epoch as u64],
+            ))
             .into_iter()
             .map(|i| d.train_indices[i])
             .take(steps_per_epoch * bs)
             .collect();
+        // Rank r > 0 augments from its own stream (rank 0 keeps the single-process one).
+        let augment_key: Vec<u64> = match dist.rank() {
+            0 => vec![epoch as u64],
+            r => vec![epoch as u64, r as u64],
+        };
         let batches = data::batches(
             d.train.clone(),
             order,
@@ -537,7 +643,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
             d.train_augment,
             seed,
             "train-augment",
-            &[epoch as u64],
+            &augment_key,
             device,
             cfg.data.prefetch,
         );
@@ -545,8 +651,24 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0f64, 0usize);
         for (i, batch) in batches.enumerate() {
             let batch = batch?;
-            let paths = tricks.paths(&parts.space, &mut sample_rng)?;
+            let paths = dist.pick(parallel, || tricks.paths(&parts.space, &mut sample_rng))?;
+            if world > 1 {
+                tracing::debug!(
+                    "step {}: rank {} trains {}",
+                    progress.step + 1,
+                    dist.rank(),
+                    paths
+                        .iter()
+                        .map(S::arch_string)
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                );
+            }
             let lr = match train_cfg.schedule {
+                // Data parallel: the study multiplies the learning rate by the world size.
+                Schedule::Cosine if world > 1 => {
+                    tricks.lr(progress.step as usize, steps_per_epoch, total_steps) * world as f64
+                }
                 Schedule::Cosine => tricks.lr(progress.step as usize, steps_per_epoch, total_steps),
                 // ProxylessNAS: set before each step at the fractional epoch; the warm-up
                 // rises to learning_rate * device.gpus (none with one device).
@@ -558,9 +680,13 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                 ),
             };
             let step = progress.step;
-            // Path 0 keeps the single-path stream, so runs without multipath are unchanged.
+            let rank = dist.rank() as u64;
+            // Path 0 keeps the single-path stream, so runs without multipath are unchanged;
+            // ranks > 0 draw from their own streams.
             let rng_for = |p: usize| {
-                if p == 0 {
+                if rank > 0 {
+                    rng::stream(seed, "train-dropout-rank", &[rank, step, p as u64])
+                } else if p == 0 {
                     rng::stream(seed, "train-dropout", &[step])
                 } else {
                     rng::stream(seed, "train-dropout", &[step, p as u64])
@@ -576,6 +702,24 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                 rng_for,
                 train_cfg.label_smoothing,
             )?;
+            let k = outcomes.len() as f64;
+            // With several paths: the mean per-path loss and accuracy (their sum was trained).
+            let mut loss_v = outcomes.iter().map(|o| o.loss).sum::<f64>() / k;
+            let mut n = batch.labels.dims1()?;
+            let mut c = outcomes.iter().map(|o| o.correct as f64).sum::<f64>() / k;
+            if world > 1 {
+                // The logged loss is the mean of the ranks' losses, the accuracy that of the
+                // global batch (the study's reduce_metrics: equal when batches are equal).
+                let all = dist.gather_f64(&[loss_v, c, n as f64])?;
+                loss_v = all.iter().map(|m| m[0]).sum::<f64>() / world as f64;
+                c = all.iter().map(|m| m[1]).sum::<f64>();
+                n = all.iter().map(|m| m[2] as usize).sum();
+            }
+            // Every rank sees the same mean loss, so all stop together.
+            if !loss_v.is_finite() {
+                anyhow::bail!("training loss became {loss_v} at epoch {epoch}, step {}; the last checkpoint is kept", progress.step);
+            }
+            dist.reduce_grads(&mut grads, &vars)?;
             let grad_norm = if train_cfg.grad_clip > 0.0 {
                 Some(clip::clip_grad_norm(
                     &mut grads,
@@ -587,14 +731,6 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
             };
             opt.set_lr(lr);
             opt.step(&grads)?;
-            let k = outcomes.len() as f64;
-            // With several paths: the mean per-path loss and accuracy (their sum was trained).
-            let loss_v = outcomes.iter().map(|o| o.loss).sum::<f64>() / k;
-            if !loss_v.is_finite() {
-                anyhow::bail!("training loss became {loss_v} at epoch {epoch}, step {}; the last checkpoint is kept", progress.step);
-            }
-            let n = batch.labels.dims1()?;
-            let c = outcomes.iter().map(|o| o.correct as f64).sum::<f64>() / k;
             loss_sum += loss_v * n as f64;
             correct += c;
             seen += n;
@@ -606,7 +742,9 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
             if let (true, Some(o)) = (outcomes.len() > 1, line.as_object_mut()) {
                 o.insert("paths".into(), outcomes.len().into());
             }
-            append_metrics(dir, &line)?;
+            if root {
+                append_metrics(dir, &line)?;
+            }
             tb.train_step(progress.step, loss_v, c / n as f64, lr);
             pb.inc(1);
             pb.set_message(format!(
@@ -619,10 +757,14 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         let (tl, ta) = (loss_sum / seen.max(1) as f64, correct / seen.max(1) as f64);
         progress.last_train_loss = Some(tl);
         progress.last_train_accuracy = Some(ta);
-        append_metrics(
-            dir,
-            &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}),
-        )?;
+        if root {
+            append_metrics(
+                dir,
+                &serde_json::json!({"kind": "train_epoch", "epoch": epoch, "step": progress.step, "loss": tl, "accuracy": ta}),
+            )?;
+        }
+        // One model from here on: rank 0's BatchNorm statistics (the ones it checkpoints).
+        dist.sync_buffers(&parts.store)?;
         tracing::info!("epoch {epoch}/{epochs}: train loss {tl:.4} acc {ta:.4}");
         progress.epoch = epoch;
         progress.sample_rng = rng::save_state(&sample_rng);
@@ -671,7 +813,9 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
                     }
                     None => tracing::warn!("focus_branch epoch {epoch}: no choice qualified among {} evaluated architectures, nothing fixed", d.num_evaluated),
                 }
-                write_decisions(dir, tricks.decisions())?;
+                if root {
+                    write_decisions(dir, tricks.decisions())?;
+                }
             }
         }
         progress.tricks = tricks.progress();
@@ -711,6 +855,12 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
         space_details: None,
         correlations_unavailable,
     };
+    if !root {
+        return Ok(Outcome {
+            summary,
+            already_finished: false,
+        });
+    }
     let final_ck = Checkpoint {
         model: parts.store.tensors(),
         optim: Default::default(),

@@ -419,6 +419,11 @@ impl TbLog {
         }
     }
 
+    /// A log that writes nothing (the ranks of a data-parallel run other than rank 0).
+    pub fn off() -> TbLog {
+        TbLog(None)
+    }
+
     fn guard(&mut self, f: impl FnOnce(&mut TbWriter) -> Result<()>) {
         if let Some(w) = self.0.as_mut() {
             if let Err(e) = f(w) {
