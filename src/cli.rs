@@ -27,6 +27,68 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+/// `runner bench`'s options.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// nb101, nb201, darts, ptb, proxyless, or all (comma-separated list allowed).
+    #[arg(long, value_delimiter = ',', default_value = "nb201")]
+    space: Vec<String>,
+    /// study, reduced, tiny, or both (= study,reduced); comma-separated list allowed.
+    #[arg(long, value_delimiter = ',', default_value = "study")]
+    shape: Vec<String>,
+    /// Threads of each side (candle/rayon and torch.set_num_threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Rounds; each runs runner and PyTorch once, alternating who goes first.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Timed runs of each phase per round.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Untimed runs of each phase per round before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Skip the PyTorch comparison.
+    #[arg(long)]
+    no_pytorch: bool,
+    /// Skip the check that both sides compute the same losses.
+    #[arg(long)]
+    no_check: bool,
+    /// Run only that check (no timing).
+    #[arg(long, conflicts_with_all = ["no_check", "no_pytorch"])]
+    check_only: bool,
+    /// The Python that imports torch (default: $RUNNER_BENCH_PYTHON, python3, /usr/bin/python3).
+    #[arg(long)]
+    python: Option<String>,
+    /// Print the results as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the JSON results to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// NB201 only: channels of the first stage.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// NB201 only: cells per stage.
+    #[arg(long)]
+    cells: Option<usize>,
+    /// NB201 only: training batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// NB201 only: BN recalibration batches.
+    #[arg(long)]
+    recal_steps: Option<usize>,
+    /// NB201 only: BN recalibration batch size.
+    #[arg(long)]
+    recal_batch: Option<usize>,
+    /// NB201 only: validation images (whole batches).
+    #[arg(long)]
+    valid_images: Option<usize>,
+    /// NB201 only: validation batch size.
+    #[arg(long)]
+    eval_batch: Option<usize>,
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Experiment file (TOML).
@@ -103,33 +165,18 @@ pub enum Command {
         #[arg(long)]
         fresh: bool,
     },
-    /// Time one NB201 training step and one architecture evaluation on the CPU, side by side
-    /// with the PyTorch twin (benchmarks/pytorch/nb201_bench.py) when PyTorch is installed.
-    Bench {
-        #[arg(long, default_value_t = 16)]
-        channels: usize,
-        /// Cells per stage.
-        #[arg(long, default_value_t = 5)]
-        cells: usize,
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-        #[arg(long, default_value_t = 25)]
-        recal_steps: usize,
-        #[arg(long, default_value_t = 256)]
-        recal_batch: usize,
-        #[arg(long, default_value_t = 1000)]
-        valid_images: usize,
-        #[arg(long, default_value_t = 250)]
-        eval_batch: usize,
-        /// Timed repetitions per round (after one warm-up).
-        #[arg(long, default_value_t = 5)]
-        repeats: usize,
-        /// Rounds, alternating runner and PyTorch.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Skip the PyTorch comparison.
+    /// Time one supernet training step and one architecture evaluation per search space on
+    /// the CPU, side by side with the PyTorch twins (benchmarks/pytorch/) when PyTorch is
+    /// installed.
+    Bench(BenchArgs),
+    /// One side of a `runner bench` row (started by `runner bench`; prints one JSON line).
+    #[command(hide = true)]
+    BenchWorker {
         #[arg(long)]
-        no_pytorch: bool,
+        spec: String,
+        /// Run the loss check instead: write the initial weights and inputs here.
+        #[arg(long)]
+        check_out: Option<PathBuf>,
     },
     /// Check a device against the native CPU kernels: every space's supernet on a fixed batch
     /// (logits, loss, gradients, BN buffers, eval logits). `--device cuda` on a GPU build and
@@ -525,6 +572,62 @@ fn run_rank(
     Ok(())
 }
 
+/// `runner bench`: builds the rows, runs them, prints the table (or JSON).
+fn bench(a: BenchArgs) -> Result<()> {
+    use crate::run::bench;
+    let (pytorch, reason) = if a.no_pytorch {
+        (None, Some("--no-pytorch".to_string()))
+    } else {
+        match bench::find_pytorch(a.python.as_deref()) {
+            Ok(p) => (Some(p), None),
+            Err(why) => {
+                eprintln!("bench: PyTorch not found: {why}");
+                (None, Some(why))
+            }
+        }
+    };
+    let opts = bench::Options {
+        spaces: bench::expand_spaces(&a.space)?,
+        shapes: bench::expand_shapes(&a.shape)?,
+        overrides: bench::spec::Nb201Overrides {
+            channels: a.channels,
+            cells: a.cells,
+            batch: a.batch,
+            recal_steps: a.recal_steps,
+            recal_batch: a.recal_batch,
+            valid_images: a.valid_images,
+            eval_batch: a.eval_batch,
+        },
+        timing: bench::spec::Timing {
+            threads: a.threads,
+            warmup: a.warmup,
+            repeats: a.repeats,
+        },
+        rounds: a.rounds,
+        pytorch,
+        no_pytorch_reason: reason,
+        check: !a.no_check,
+        check_only: a.check_only,
+        exe: std::env::current_exe().context("locating the runner binary")?,
+    };
+    let report = bench::run(&opts)?;
+    let json = report.json();
+    if let Some(out) = &a.out {
+        crate::run::dir::write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{}", report.table());
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\nerror: "));
+    }
+    Ok(())
+}
+
 /// `runner launch`: the ranks of this machine.
 #[allow(clippy::too_many_arguments)]
 fn launch_command(
@@ -596,6 +699,18 @@ fn launch_command(
     })
 }
 
+/// `runner bench-worker`: one side of one row, one JSON line on stdout.
+fn bench_worker(spec: &str, check_out: Option<PathBuf>) -> Result<()> {
+    use crate::run::bench::{spec::Spec, worker};
+    let spec: Spec = serde_json::from_str(spec).context("bench-worker --spec")?;
+    let line = match check_out {
+        Some(npz) => serde_json::to_string(&worker::check(&spec, &npz)?)?,
+        None => serde_json::to_string(&worker::run(&spec)?)?,
+    };
+    println!("{line}");
+    Ok(())
+}
+
 /// `diff`, `show` and `report`: read results folders, print to stdout.
 pub fn results_command(command: Command) -> Result<()> {
     match command {
@@ -659,48 +774,8 @@ pub fn main() -> i32 {
             }
             Ok(())
         })(),
-        Some(Command::Bench {
-            channels,
-            cells,
-            batch,
-            recal_steps,
-            recal_batch,
-            valid_images,
-            eval_batch,
-            repeats,
-            rounds,
-            no_pytorch,
-        }) => (|| -> Result<()> {
-            let threads = candle_core::utils::get_num_threads();
-            let python = std::env::var("RUNNER_BENCH_PYTHON").unwrap_or_else(|_| {
-                if crate::run::bench::has_torch("python3") {
-                    "python3".into()
-                } else {
-                    "/usr/bin/python3".into()
-                }
-            });
-            let script =
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benchmarks/pytorch/nb201_bench.py");
-            let pytorch_script =
-                (!no_pytorch && script.exists() && crate::run::bench::has_torch(&python))
-                    .then_some(script);
-            let args = crate::run::bench::BenchArgs {
-                channels,
-                cells,
-                batch,
-                recal_steps,
-                recal_batch,
-                valid_images,
-                eval_batch,
-                repeats,
-                rounds,
-                threads,
-                pytorch_script,
-                python,
-            };
-            print!("{}", crate::run::bench::bench(&args)?);
-            Ok(())
-        })(),
+        Some(Command::Bench(args)) => bench(args),
+        Some(Command::BenchWorker { spec, check_out }) => bench_worker(&spec, check_out),
         Some(Command::Selftest {
             device,
             index,

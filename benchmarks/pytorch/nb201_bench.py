@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `runner bench`: the same NAS-Bench-201 supernet path, the same step.
-
-Times one training step (forward, backward, SGD Nesterov with weight decay) and one
-architecture evaluation (BN recalibration over `recal_steps` batches + a validation pass), and
-prints one JSON object with the medians in milliseconds. Used only by `runner bench`; the tests
-never need PyTorch. Run: python3 nb201_bench.py --channels 16 --cells 5 --batch 256 ...
+"""PyTorch twin of runner's NAS-Bench-201 supernet for `runner bench` (see common.py for the
+protocol): the same cell (nodes 0..3, op (j, i) on every edge; `none` multiplies by zero as the
+study's Zero op; ReLU-conv-BN convs; average pool without padding counted), reduction blocks,
+stem, BN-ReLU, global pool, linear; only the fixed architecture's ops run. The training step is
+NB201's: cross-entropy, SGD Nesterov lr 0.1 momentum 0.9 wd 5e-4, no clip.
+tests/fixtures/gen_nb201_net.py imports Net, Cell and Reduction from here.
+Run: python3 nb201_bench.py --spec JSON (the spec of a row of `runner bench --json`).
 """
-import argparse, json, statistics, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -84,63 +84,46 @@ class Net(nn.Module):
         return self.classifier(h.mean((2, 3)))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--cells", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--arch", default='{"0_1":3,"0_2":3,"0_3":2,"1_2":4,"1_3":3,"2_3":1}')
-    ap.add_argument("--recal-steps", type=int, default=4)
-    ap.add_argument("--recal-batch", type=int, default=128)
-    ap.add_argument("--valid-images", type=int, default=1000)
-    ap.add_argument("--eval-batch", type=int, default=250)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    arch = json.loads(a.arch)
-    net = Net(a.channels, a.cells, 10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(a.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (a.batch,))
+def names(net):
+    """Runner's tensor names -> the twin's tensors (parameters and BN running statistics)."""
+    out = {}
 
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x, arch), y)
-        loss.backward()
-        opt.step()
+    def rcb(prefix, seq):
+        out[prefix + ".conv.weight"] = seq[1].weight
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            out[prefix + ".bn." + k] = getattr(seq[2], k)
 
-    xr = torch.randn(a.recal_batch, 3, 32, 32)
-    xv = torch.randn(a.eval_batch, 3, 32, 32)
+    out["stem.conv.weight"] = net.stem[0].weight
+    for k in ("weight", "bias", "running_mean", "running_var"):
+        out["stem.bn." + k] = getattr(net.stem[1], k)
+    for i, b in enumerate(net.blocks):
+        p = f"blocks.{i}"
+        if isinstance(b, Cell):
+            for key, ops in b.edges.items():
+                for op in ("nor_conv_1x1", "nor_conv_3x3"):
+                    rcb(f"{p}.edge_{key}.{op}", ops[op])
+        else:
+            rcb(p + ".conv_a", b.conv_a)
+            rcb(p + ".conv_b", b.conv_b)
+            out[p + ".shortcut.weight"] = b.shortcut[1].weight
+    for k in ("weight", "bias", "running_mean", "running_var"):
+        out["last_bn." + k] = getattr(net.last[0], k)
+    out["classifier.weight"] = net.classifier.weight
+    out["classifier.bias"] = net.classifier.bias
+    return {k: v.data if isinstance(v, nn.Parameter) else v for k, v in out.items()}
 
-    def evaluate():
-        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-        saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-        net.train()
-        with torch.no_grad():
-            for _ in range(a.recal_steps):
-                net(xr, arch)
-            net.eval()
-            for _ in range(max(1, a.valid_images // a.eval_batch)):
-                net(xv, arch).argmax(1)
-        for m, (rm, rv) in zip(bns, saved):
-            m.running_mean.copy_(rm)
-            m.running_var.copy_(rv)
-        net.train()
 
-    res = {}
-    for name, fn in (("train_step", step), ("evaluate", evaluate)):
-        fn()  # warm-up
-        times = []
-        for _ in range(a.repeats):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-        res[name] = statistics.median(times)
-    res["torch"] = torch.__version__
-    print(json.dumps(res))
+def build(spec):
+    from common import ImageBench
+    sp = spec["space"]
+    net = Net(sp["channels"], sp["cells_per_stage"], spec["classes"])
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = sp["bn_momentum"]
+    arch = spec["arch"]
+    return ImageBench(spec, net, lambda x, stochastic: (net(x, arch), None), names(net))
 
 
 if __name__ == "__main__":
-    main()
+    import common
+    common.main(build)
