@@ -4,9 +4,10 @@
 //! one fused custom op whose backward yields dx, dweight and dbias in two passes; other
 //! devices compose candle's differentiable ops to the same function.
 
+use super::activation;
 use super::host::{
-    cpu_tensor, f32_data, is_cpu_f32, nchw, par_build, par_planes, sum_g_gx, sum_shifted,
-    sum_sq_shifted, with_f32,
+    cpu_tensor, f32_data, is_cpu_f32, nchw, par_build, par_planes, par_zip, param, sum_g_gx,
+    sum_shifted, sum_sq_shifted, with_f32,
 };
 use super::store::{Path, Recalibrate};
 use super::Mode;
@@ -14,6 +15,32 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// An activation applied by the normalisation op itself (`BatchNorm::forward_act`).
+///
+/// Why fused: candle's graph keeps every op's input alive until the backward pass ends, so
+/// BN followed by a separate ReLU holds three full-size tensors per layer (conv output, BN
+/// output, activation output) where PyTorch's in-place ReLU holds two. The fused op keeps
+/// only its input and its clipped output, and recovers the activation's mask from the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+}
+
+impl Act {
+    /// The upper clip bound: `None` for no clipping, `Some(inf)` for ReLU.
+    fn hi(self) -> Option<f32> {
+        match self {
+            Act::Identity => None,
+            Act::Relu => Some(f32::INFINITY),
+            Act::Relu6 => Some(6.0),
+        }
+    }
+}
 
 /// A BatchNorm2d layer. Running statistics are buffers (never trained); in `Mode::Train` they
 /// follow PyTorch's momentum update with the unbiased batch variance; in `Mode::Recalibrate`
@@ -96,6 +123,13 @@ impl BatchNorm {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_act(x, mode, Act::Identity)
+    }
+
+    /// The normalisation followed by `act`, as one op on the CPU (same values and gradients
+    /// as `forward` then `activation::relu`/`relu6`, bit for bit, with one tensor less kept
+    /// for the backward pass).
+    pub fn forward_act(&self, x: &Tensor, mode: Mode, act: Act) -> Result<Tensor> {
         let me = &self.inner;
         let (n, c, h, w) = nchw(x.dims(), &format!("BatchNorm {}", me.label))?;
         if c != me.channels {
@@ -122,14 +156,19 @@ impl BatchNorm {
             );
         }
         if is_cpu_f32(x) {
-            self.forward_cpu(x, mode)
+            self.forward_cpu(x, mode, act)
         } else {
-            self.forward_fallback(x, mode)
+            let y = self.forward_fallback(x, mode)?;
+            match act {
+                Act::Identity => Ok(y),
+                Act::Relu => activation::relu_fallback(&y),
+                Act::Relu6 => activation::relu6_fallback(&y),
+            }
         }
     }
 
     /// The fused CPU path (f32 tensors on the host).
-    fn forward_cpu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward_cpu(&self, x: &Tensor, mode: Mode, act: Act) -> Result<Tensor> {
         let me = &self.inner;
         let (mean, invstd, train) = match mode {
             Mode::Eval => {
@@ -169,9 +208,10 @@ impl BatchNorm {
             mean: mean.iter().map(|&v| v as f32).collect(),
             invstd: invstd.iter().map(|&v| v as f32).collect(),
             train,
+            hi: act.hi(),
         };
         match (&me.weight, &me.bias) {
-            (Some(w), Some(b)) => x.apply_op3(w.as_tensor(), b.as_tensor(), op),
+            (Some(w), Some(b)) => x.apply_op3(&param(w), &param(b), op),
             _ => x.apply_op1(op),
         }
     }
@@ -217,8 +257,8 @@ impl BatchNorm {
         let y = centered.broadcast_mul(&invstd)?;
         match (&me.weight, &me.bias) {
             (Some(w), Some(b)) => {
-                let w = w.as_tensor().to_dtype(dt)?.reshape((1, c, 1, 1))?;
-                let b = b.as_tensor().to_dtype(dt)?.reshape((1, c, 1, 1))?;
+                let w = param(w).to_dtype(dt)?.reshape((1, c, 1, 1))?;
+                let b = param(b).to_dtype(dt)?.reshape((1, c, 1, 1))?;
                 y.broadcast_mul(&w)?.broadcast_add(&b)
             }
             _ => Ok(y),
@@ -375,6 +415,8 @@ struct BnOp {
     mean: Vec<f32>,
     invstd: Vec<f32>,
     train: bool,
+    /// Clip the output to `[0, hi]` (ReLU: `hi = inf`); `None`: no activation.
+    hi: Option<f32>,
 }
 
 impl BnOp {
@@ -401,8 +443,25 @@ impl BnOp {
                 let ch = (start / hw + k) % c;
                 let scale = self.invstd[ch] * w.map_or(1.0, |w| w[ch]);
                 let (m, shift) = (self.mean[ch], b.map_or(0.0, |b| b[ch]));
-                for (o, &v) in o_plane.iter_mut().zip(plane) {
-                    o.write((v - m) * scale + shift);
+                match self.hi {
+                    None => {
+                        for (o, &v) in o_plane.iter_mut().zip(plane) {
+                            o.write((v - m) * scale + shift);
+                        }
+                    }
+                    Some(hi) => {
+                        // The compare-select of `activation::relu6`: NaN passes through.
+                        for (o, &v) in o_plane.iter_mut().zip(plane) {
+                            let y = (v - m) * scale + shift;
+                            o.write(if y <= 0.0 {
+                                0.0
+                            } else if y >= hi {
+                                hi
+                            } else {
+                                y
+                            });
+                        }
+                    }
                 }
             }
         });
@@ -484,6 +543,32 @@ impl BnOp {
         Ok((dx, dw, db))
     }
 
+    /// The activation's backward: the output's gradient where the clipped output lies strictly
+    /// inside `(0, hi)` (the input did too), 0 elsewhere; `None` when there is no activation.
+    fn masked_grad(&self, res: &Tensor, grad: &Tensor) -> Result<Option<Vec<f32>>> {
+        let Some(hi) = self.hi else {
+            return Ok(None);
+        };
+        if res.dims() != grad.dims() {
+            bail!(
+                "BatchNorm: gradient {:?} does not match output {:?}",
+                grad.dims(),
+                res.dims()
+            );
+        }
+        with_f32(res, |y| {
+            with_f32(grad, |g| {
+                Ok(Some(par_zip(y, g, move |v, gv| {
+                    if v <= 0.0 || v >= hi {
+                        0.0
+                    } else {
+                        gv
+                    }
+                })))
+            })
+        })
+    }
+
     fn check_channel_vec(&self, data: &[f32], what: &str) -> Result<()> {
         if data.len() != self.mean.len() {
             bail!(
@@ -507,9 +592,11 @@ impl CustomOp1 for BnOp {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (dx, _, _) = with_f32(arg, |x| {
-            with_f32(grad, |g| self.backward(x, g, arg.dims(), None))
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let masked = self.masked_grad(res, grad)?;
+        let (dx, _, _) = with_f32(arg, |x| match &masked {
+            Some(g) => self.backward(x, g, arg.dims(), None),
+            None => with_f32(grad, |g| self.backward(x, g, arg.dims(), None)),
         })?;
         cpu_tensor(dx, arg.dims()).map(Some)
     }
@@ -543,15 +630,17 @@ impl CustomOp3 for BnOp {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let masked = self.masked_grad(res, grad)?;
         let (dx, dw, db) = with_f32(x, |xd| {
-            with_f32(grad, |g| {
-                with_f32(w, |wd| {
-                    self.check_channel_vec(wd, "weight")?;
-                    self.backward(xd, g, x.dims(), Some(wd))
-                })
+            with_f32(w, |wd| {
+                self.check_channel_vec(wd, "weight")?;
+                match &masked {
+                    Some(g) => self.backward(xd, g, x.dims(), Some(wd)),
+                    None => with_f32(grad, |g| self.backward(xd, g, x.dims(), Some(wd))),
+                }
             })
         })?;
         Ok((
@@ -671,6 +760,102 @@ mod tests {
                     get(&f, &format!("rv_{tag}")),
                     &what,
                 )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Output and gradients of sum(act(bn(x)) * g), fused or as two ops.
+    fn run_act(
+        bn: &BatchNorm,
+        x: &Tensor,
+        g: &Tensor,
+        mode: Mode,
+        act: Act,
+        fused: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let xv = Var::from_tensor(x)?;
+        let y = if fused {
+            bn.forward_act(xv.as_tensor(), mode, act)?
+        } else {
+            let y = bn.forward(xv.as_tensor(), mode)?;
+            match act {
+                Act::Identity => y,
+                Act::Relu => activation::relu(&y)?,
+                Act::Relu6 => activation::relu6(&y)?,
+            }
+        };
+        let grads = y.mul(g)?.sum_all()?.backward()?;
+        let mut out = vec![y.flatten_all()?.to_vec1()?];
+        let mut tensors = vec![xv.as_tensor().clone()];
+        tensors.extend(bn.weight().map(|v| v.as_tensor().clone()));
+        tensors.extend(bn.bias().map(|v| v.as_tensor().clone()));
+        for t in tensors {
+            let gt = grads.get(&t).unwrap_or_else(|| panic!("no gradient"));
+            out.push(gt.flatten_all()?.to_vec1()?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn fused_activation_equals_separate_ops_bit_for_bit() -> Result<()> {
+        let f = fixture()?;
+        // Spread the normalised values over [-9, 9] so that both ReLU6 bounds are crossed.
+        let x = (get(&f, "x1") * 3.0)?;
+        let g = get(&f, "g");
+        for affine in [true, false] {
+            for act in [Act::Relu, Act::Relu6] {
+                for mode in [Mode::Train, Mode::Eval] {
+                    let (_s, bn) = layer(&f, affine, 0.1)?;
+                    if affine {
+                        bn.weight()
+                            .unwrap()
+                            .set(&Tensor::new(&[3f32, -2.5, 4.0], &Device::Cpu)?)?;
+                    }
+                    let fused = run_act(&bn, &x, g, mode, act, true)?;
+                    let rm = bn.running_mean().as_tensor().to_vec1::<f32>()?;
+                    let (_s2, bn2) = layer(&f, affine, 0.1)?;
+                    if affine {
+                        bn2.weight()
+                            .unwrap()
+                            .set(&Tensor::new(&[3f32, -2.5, 4.0], &Device::Cpu)?)?;
+                    }
+                    let apart = run_act(&bn2, &x, g, mode, act, false)?;
+                    let what = format!("affine={affine} {act:?} {mode:?}");
+                    assert_eq!(fused, apart, "{what}");
+                    assert_eq!(
+                        rm,
+                        bn2.running_mean().as_tensor().to_vec1::<f32>()?,
+                        "{what}"
+                    );
+                    // The clip is really exercised: outputs at both bounds and inside.
+                    let y = &fused[0];
+                    assert!(y.iter().any(|&v| v == 0.0), "{what}: nothing clipped at 0");
+                    assert!(y.iter().any(|&v| v > 0.0 && v < 6.0), "{what}");
+                    // (Without the weight of up to 4 the normalised values stay below 6.)
+                    if affine && act == Act::Relu6 {
+                        assert!(y.iter().any(|&v| v == 6.0), "{what}: nothing clipped at 6");
+                    } else if affine {
+                        assert!(y.iter().any(|&v| v > 6.0), "{what}");
+                    }
+                    // And the fallback (the CUDA path) composes to the same function.
+                    let (_s3, bn3) = layer(&f, affine, 0.1)?;
+                    if affine {
+                        bn3.weight()
+                            .unwrap()
+                            .set(&Tensor::new(&[3f32, -2.5, 4.0], &Device::Cpu)?)?;
+                    }
+                    let fb =
+                        crate::nn::with_portable_ops(|| run_act(&bn3, &x, g, mode, act, true))?;
+                    for (a, b) in fb.iter().zip(&fused) {
+                        let d = a
+                            .iter()
+                            .zip(b)
+                            .map(|(u, v)| (u - v).abs())
+                            .fold(0f32, f32::max);
+                        assert!(d <= 1e-4, "{what}: portable differs by {d}");
+                    }
+                }
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 //! on the shapes, and partial weight gradients are summed in chunk order), so repeated runs and
 //! runs with 1 or 2 threads agree bit for bit.
 
+use super::host::param;
 use super::store::Path;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
@@ -84,9 +85,9 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, self.weight.as_tensor(), self.params)?;
+        let y = conv2d(x, &param(&self.weight), self.params)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.as_tensor().reshape((1, (), 1, 1))?),
+            Some(b) => y.broadcast_add(&param(b).reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }

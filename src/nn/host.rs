@@ -2,7 +2,7 @@
 //! `activation`: borrowing a contiguous f32 slice when the layout allows it, copying otherwise,
 //! and small reduction kernels written so that the compiler vectorises them.
 
-use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Storage, Tensor, Var};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
@@ -92,6 +92,39 @@ pub fn with_portable_ops<R>(f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
     f()
+}
+
+thread_local! {
+    static NO_GRAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the layers reading detached views of their parameters on this thread, so
+/// that no op records a backward graph (PyTorch's `torch.no_grad()`).
+///
+/// Why: candle records an op's inputs whenever one of them is a variable, so a forward pass
+/// through the supernet's `Var`s keeps every intermediate activation alive until its output
+/// is dropped. Evaluation at the study's batch of 200 (ProxylessNAS, 224x224) then held more
+/// memory than a training step; with detached weights each activation is freed as soon as
+/// the next layer has read it. Values are unchanged.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD.with(|p| p.replace(true)));
+    f()
+}
+
+/// A parameter as a layer's forward pass reads it: the variable itself (recording the
+/// graph), or a detached view of the same storage inside [`no_grad`].
+pub(crate) fn param(v: &Var) -> Tensor {
+    if NO_GRAD.with(|p| p.get()) {
+        v.as_tensor().detach()
+    } else {
+        v.as_tensor().clone()
+    }
 }
 
 /// Whether `t` can take the hand-written CPU path (f32 on the host, portable ops not forced).
@@ -248,6 +281,56 @@ pub(crate) fn cpu_tensor(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_grad_records_no_graph_and_keeps_values() -> Result<()> {
+        use crate::nn::{Act, BatchNorm, Conv2d, ConvParams, Linear, Mode, Store};
+        let dev = Device::Cpu;
+        let store = Store::new(&dev);
+        let root = store.root();
+        let w = Tensor::arange(0f32, 54., &dev)?.reshape((2, 3, 3, 3))? / 50.0;
+        let p = ConvParams {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        };
+        let conv = Conv2d::new(&root.pp("conv"), w?, None, p)?;
+        let bn = BatchNorm::new(&root.pp("bn"), 2, true, 0.1, 1e-5)?;
+        let lin = Linear::new(
+            &root.pp("fc"),
+            Tensor::ones((4, 2), DType::F32, &dev)?,
+            None,
+        )?;
+        let x = Tensor::arange(0f32, 96., &dev)?
+            .reshape((2, 3, 4, 4))?
+            .sin()?;
+        let run = |mode| -> Result<Tensor> {
+            let h = bn.forward_act(&conv.forward(&x)?, mode, Act::Relu)?;
+            lin.forward(&h.mean((2, 3))?)
+        };
+        for mode in [Mode::Eval, Mode::Recalibrate] {
+            let tracked = run(mode)?;
+            let free = no_grad(|| run(mode))?;
+            assert_eq!(tracked.to_vec2::<f32>()?, free.to_vec2::<f32>()?);
+            let g = tracked.sum_all()?.backward()?;
+            assert!(
+                g.get(conv.weight.as_tensor()).is_some(),
+                "{mode:?}: graph expected"
+            );
+            let g = free.sum_all()?.backward()?;
+            for (name, v) in store.params() {
+                assert!(
+                    g.get(v.as_tensor()).is_none(),
+                    "{mode:?}: {name} has a gradient"
+                );
+            }
+        }
+        // The switch is scoped: outside it the parameters record again.
+        let g = run(Mode::Train)?.sum_all()?.backward()?;
+        assert!(g.get(lin.weight.as_tensor()).is_some());
+        Ok(())
+    }
 
     #[test]
     fn gather_matches_candle_for_strided_views() -> Result<()> {

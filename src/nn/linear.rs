@@ -1,5 +1,6 @@
 //! Fully connected layer, `y = x W^T + b` (PyTorch layout: weight (out, in)).
 
+use super::host::param;
 use super::store::Path;
 use candle_core::{Result, Tensor, Var};
 
@@ -19,9 +20,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        let y = x.matmul(&param(&self.weight).t()?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b.as_tensor()),
+            Some(b) => y.broadcast_add(&param(b)),
             None => Ok(y),
         }
     }

@@ -16,10 +16,10 @@ pub mod loss;
 pub mod pool;
 pub mod store;
 
-pub use batchnorm::BatchNorm;
+pub use batchnorm::{Act, BatchNorm};
 pub use conv::{conv2d, Conv2d, ConvParams};
 pub use factorized::FactorizedReduce;
-pub use host::with_portable_ops;
+pub use host::{no_grad, with_portable_ops};
 pub use linear::Linear;
 pub use store::{Path, Recalibrate, Store};
 

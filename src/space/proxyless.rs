@@ -10,7 +10,7 @@
 
 use super::{Cost, Ctx, Output, Space, Supernet};
 use crate::config::ProxylessSpace;
-use crate::nn::{self, init, BatchNorm, Conv2d, ConvParams, Linear, Mode, Path};
+use crate::nn::{self, init, Act, BatchNorm, Conv2d, ConvParams, Linear, Mode, Path};
 use crate::rng::Rng;
 use anyhow::{bail, Context};
 use candle_core::{Result, Tensor};
@@ -316,12 +316,8 @@ impl ConvBn {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.bn.forward(&self.conv.forward(x)?, mode)?;
-        if self.act {
-            nn::activation::relu6(&y)
-        } else {
-            Ok(y)
-        }
+        let act = if self.act { Act::Relu6 } else { Act::Identity };
+        self.bn.forward_act(&self.conv.forward(x)?, mode, act)
     }
 
     /// Output side for an input side `h` (padding k / 2).

@@ -150,7 +150,8 @@ pub fn score_with<N: Supernet>(
         .map(|(k, v)| (k, v.as_tensor().copy().map_err(anyhow::Error::from)))
         .map(|(k, r)| r.map(|t| (k, t)))
         .collect::<anyhow::Result<_>>()?;
-    let result = (|| -> anyhow::Result<Score> {
+    // Neither pass needs a backward graph (see `nn::no_grad`).
+    let result = nn::no_grad(|| -> anyhow::Result<Score> {
         if steps > 0 {
             store.begin_recalibration();
             // Train mode as in the reference: drop-path active at the current probability,
@@ -210,7 +211,7 @@ pub fn score_with<N: Supernet>(
             loss: loss_sum / total as f64,
             top5: opts.top5.then(|| correct5 as f64 / total as f64),
         })
-    })();
+    });
     let vals: BTreeMap<String, Tensor> = saved.into_iter().collect();
     for (k, v) in store.buffers() {
         if let Some(t) = vals.get(&k) {

@@ -196,7 +196,8 @@ impl<N: Supernet> Phases for ImageBench<N> {
             .map(|(_, v)| v.as_tensor().copy())
             .collect::<candle_core::Result<_>>()?;
         let spec = &self.spec;
-        let result = (|| -> Result<()> {
+        // As `train::evaluate::score_with`: no backward graph.
+        let result = nn::no_grad(|| -> Result<()> {
             if spec.recal_steps > 0 {
                 self.store.begin_recalibration();
                 let mut r = rng::stream(spec.seed, "bench-recal", &[self.calls]);
@@ -224,7 +225,7 @@ impl<N: Supernet> Phases for ImageBench<N> {
             }
             std::hint::black_box((correct, loss_sum));
             Ok(())
-        })();
+        });
         for ((_, v), t) in self.store.buffers().iter().zip(saved) {
             v.set(&t)?;
         }

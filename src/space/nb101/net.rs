@@ -23,7 +23,7 @@
 
 use super::{Arch, OPS, OP_VERTICES, VERTICES};
 use crate::config::Nb101Space;
-use crate::nn::{self, init, BatchNorm, Conv2d, ConvParams, Linear, Mode, Path};
+use crate::nn::{self, init, Act, BatchNorm, Conv2d, ConvParams, Linear, Mode, Path};
 use crate::rng::Rng;
 use crate::space::{Ctx, Output, Supernet};
 use candle_core::{Result, Tensor};
@@ -60,7 +60,7 @@ impl ConvBnRelu {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        nn::activation::relu(&self.bn.forward(&self.conv.forward(x)?, mode)?)
+        self.bn.forward_act(&self.conv.forward(x)?, mode, Act::Relu)
     }
 }
 
