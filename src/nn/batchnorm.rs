@@ -830,11 +830,11 @@ mod tests {
                     );
                     // The clip is really exercised: outputs at both bounds and inside.
                     let y = &fused[0];
-                    assert!(y.iter().any(|&v| v == 0.0), "{what}: nothing clipped at 0");
+                    assert!(y.contains(&0.0), "{what}: nothing clipped at 0");
                     assert!(y.iter().any(|&v| v > 0.0 && v < 6.0), "{what}");
                     // (Without the weight of up to 4 the normalised values stay below 6.)
                     if affine && act == Act::Relu6 {
-                        assert!(y.iter().any(|&v| v == 6.0), "{what}: nothing clipped at 6");
+                        assert!(y.contains(&6.0), "{what}: nothing clipped at 6");
                     } else if affine {
                         assert!(y.iter().any(|&v| v > 6.0), "{what}");
                     }
