@@ -410,6 +410,7 @@ fn run(args: RunArgs) -> Result<()> {
             args: rank_args,
         });
     }
+    set_cpu_threads(cfg.device.threads);
     let dir = RunDir::open(
         &cfg.experiment.output,
         &cfg.experiment.name,
@@ -423,6 +424,7 @@ fn run(args: RunArgs) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         dir.path.display()
     );
+    tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
     let outcome = execute::execute(&resolved, &dir)?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
@@ -442,6 +444,25 @@ fn log_to(path: &Path) -> Result<()> {
         *g = Some(f);
     }
     Ok(())
+}
+
+/// `device.threads` for a one-process run (a launcher passes each rank its share through
+/// `RAYON_NUM_THREADS` instead): candle's kernels and rayon's pool both read that variable,
+/// so it is set before either starts; an explicit `RAYON_NUM_THREADS` wins, as for ranks.
+fn set_cpu_threads(threads: usize) {
+    if threads == 0 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    // Nothing has started rayon's global pool yet (configuration loading is sequential) and
+    // no other thread reads the environment at this point.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .is_err()
+    {
+        tracing::warn!("device.threads = {threads}: the thread pool had already started");
+    }
 }
 
 fn this_program() -> Result<PathBuf> {
@@ -562,6 +583,7 @@ fn run_rank(
         dist.world(),
         std::process::id()
     );
+    tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
     let outcome = execute::execute(resolved, &dir)?;
     if dist.is_root() {
         if outcome.already_finished {

@@ -366,3 +366,32 @@ fn eval_archs_table_is_evaluated_exactly() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("table.csv:2"), "{err}");
 }
+
+/// `device.threads` sets a one-process run's thread count, `RAYON_NUM_THREADS` overrides it,
+/// and run.log says which count was used.
+#[test]
+fn device_threads_sets_the_cpu_thread_count() {
+    let t = tempfile::tempdir().unwrap();
+    for (env, want) in [(None, "CPU threads: 1"), (Some("2"), "CPU threads: 2")] {
+        let out = format!("threads{}", env.unwrap_or("0"));
+        let cfg = tiny_config(t.path(), &out);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+        match env {
+            Some(n) => cmd.env("RAYON_NUM_THREADS", n),
+            None => cmd.env_remove("RAYON_NUM_THREADS"),
+        };
+        let st = cmd
+            .arg(&cfg)
+            .args(["--set", "device.threads=1", "--set", "train.max_steps=1"])
+            .args(["--set", "train.epochs=1", "--set", "eval.num_archs=2"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let log = std::fs::read_to_string(run_dir(&t.path().join(&out)).join("run.log")).unwrap();
+        assert!(log.contains(want), "{env:?}: {log}");
+    }
+}

@@ -403,6 +403,7 @@ pub fn run(spec: &Spec) -> Result<SideResult> {
             .push(time_ms(&mut || b.step(true).map(|_| ()))?);
     }
     out.train_peak_mib = memory::peak_mib();
+    crate::alloc::release_free_memory();
     out.peak_reset = memory::reset_peak();
     for _ in 0..spec.warmup {
         b.evaluate()?;
