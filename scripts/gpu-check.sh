@@ -69,7 +69,9 @@ if [ "$MODE" = cuda ]; then
   CAP_SELFTEST=100 CAP_QUICKSTART=150 CAP_BENCH_NB201=75 CAP_BENCH_DARTS=90 CAP_DDP=90
   DEV=cuda SELFTEST_DEVICE=cuda
 else
-  CAP_SELFTEST=60 CAP_QUICKSTART=90 CAP_BENCH_NB201=45 CAP_BENCH_DARTS=45 CAP_DDP=60
+  # Generous: the 2-core development machine is shared, and PyTorch's OpenMP threads slow
+  # down many times over when another job holds a core.
+  CAP_SELFTEST=60 CAP_QUICKSTART=120 CAP_BENCH_NB201=90 CAP_BENCH_DARTS=90 CAP_DDP=90
   DEV=cpu SELFTEST_DEVICE=portable
 fi
 
@@ -206,8 +208,15 @@ say "python3: $(command -v python3 || echo none); $TORCH_INFO"
 if command -v nvidia-smi > /dev/null; then
   timeout 30 nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,compute_cap --format=csv > "$WORK/smi.txt" 2>&1
   smi_rc=$?
+  if [ "$smi_rc" != 0 ]; then
+    # An older nvidia-smi may not know a field; its plain list is enough to count the GPUs.
+    timeout 30 nvidia-smi -L > "$WORK/smi.txt" 2>&1
+    smi_rc=$?
+    NGPU=$(grep -c '^GPU ' "$WORK/smi.txt" || true)
+  else
+    NGPU=$(grep -cE '^[0-9]+,' "$WORK/smi.txt" || true)
+  fi
   tee -a "$LOG" < "$WORK/smi.txt" | sed 's/^/    /'
-  NGPU=$(grep -cE '^[0-9]+,' "$WORK/smi.txt" || true)
 else
   smi_rc=127
 fi
@@ -220,7 +229,7 @@ elif [ "$smi_rc" != 0 ]; then
 elif [ "$NGPU" -lt 1 ]; then
   record "c gpu" FAIL "nvidia-smi lists no GPU" $(( $(date +%s) - t0 ))
 else
-  record "c gpu" PASS "$NGPU GPU(s): $(sed -n 2p "$WORK/smi.txt" | cut -d, -f2,3 | sed 's/^ //'); $TORCH_INFO" $(( $(date +%s) - t0 ))
+  record "c gpu" PASS "$NGPU GPU(s): $(grep -m1 -E '^(GPU )?[0-9]' "$WORK/smi.txt" | cut -c1-80); $TORCH_INFO" $(( $(date +%s) - t0 ))
 fi
 
 # ---------------------------------------------------------------------------------------------
