@@ -123,4 +123,4 @@ cargo build --release --features "$FEATURES" --bin runner
 bin="${CARGO_TARGET_DIR:-$REPO/target}/release/runner"
 echo "== built $bin in $(( $(date +%s) - start )) s, $(du -h "$bin" | cut -f1)"
 echo "   needs at run time: $(ldd "$bin" 2>/dev/null | grep -oE 'lib(cuda|cudart|cublas|cublasLt|curand|nvrtc|nccl)\.so\.[0-9]+' | sort -u | tr '\n' ' ')"
-echo "   ship it compressed: xz -T2 -k $bin  (about 5 MB)"
+echo "   ship it compressed (where scripts/gpu-check.sh looks): mkdir -p target-cuda && xz -T0 -9 -c $bin > target-cuda/runner.xz"

@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Also write the JSON results to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where both sides compute: `cpu`, or `cuda` (CUDA device 0; needs a build with the
+    /// `cuda` feature, and a PyTorch with CUDA for the comparison).
+    #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
+    device: crate::run::bench::BenchDevice,
     /// NB201 only: channels of the first stage.
     #[arg(long)]
     channels: Option<usize>,
@@ -166,8 +170,8 @@ pub enum Command {
         fresh: bool,
     },
     /// Time one supernet training step and one architecture evaluation per search space on
-    /// the CPU, side by side with the PyTorch twins (benchmarks/pytorch/) when PyTorch is
-    /// installed.
+    /// the CPU (or CUDA device 0 with `--device cuda`), side by side with the PyTorch twins
+    /// (benchmarks/pytorch/) when PyTorch is installed.
     Bench(BenchArgs),
     /// One side of a `runner bench` row (started by `runner bench`; prints one JSON line).
     #[command(hide = true)]
@@ -177,6 +181,8 @@ pub enum Command {
         /// Run the loss check instead: write the initial weights and inputs here.
         #[arg(long)]
         check_out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
+        device: crate::run::bench::BenchDevice,
     },
     /// Check a device against the native CPU kernels: every space's supernet on a fixed batch
     /// (logits, loss, gradients, BN buffers, eval logits). `--device cuda` on a GPU build and
@@ -597,10 +603,11 @@ fn run_rank(
 /// `runner bench`: builds the rows, runs them, prints the table (or JSON).
 fn bench(a: BenchArgs) -> Result<()> {
     use crate::run::bench;
+    a.device.require()?;
     let (pytorch, reason) = if a.no_pytorch {
         (None, Some("--no-pytorch".to_string()))
     } else {
-        match bench::find_pytorch(a.python.as_deref()) {
+        match bench::find_pytorch(a.python.as_deref(), a.device) {
             Ok(p) => (Some(p), None),
             Err(why) => {
                 eprintln!("bench: PyTorch not found: {why}");
@@ -631,6 +638,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         check: !a.no_check,
         check_only: a.check_only,
         exe: std::env::current_exe().context("locating the runner binary")?,
+        device: a.device,
     };
     let report = bench::run(&opts)?;
     let json = report.json();
@@ -722,12 +730,17 @@ fn launch_command(
 }
 
 /// `runner bench-worker`: one side of one row, one JSON line on stdout.
-fn bench_worker(spec: &str, check_out: Option<PathBuf>) -> Result<()> {
+fn bench_worker(
+    spec: &str,
+    check_out: Option<PathBuf>,
+    device: crate::run::bench::BenchDevice,
+) -> Result<()> {
     use crate::run::bench::{spec::Spec, worker};
     let spec: Spec = serde_json::from_str(spec).context("bench-worker --spec")?;
+    let dev = device.open()?;
     let line = match check_out {
-        Some(npz) => serde_json::to_string(&worker::check(&spec, &npz)?)?,
-        None => serde_json::to_string(&worker::run(&spec)?)?,
+        Some(npz) => serde_json::to_string(&worker::check(&spec, &npz, &dev)?)?,
+        None => serde_json::to_string(&worker::run(&spec, &dev)?)?,
     };
     println!("{line}");
     Ok(())
@@ -797,7 +810,11 @@ pub fn main() -> i32 {
             Ok(())
         })(),
         Some(Command::Bench(args)) => bench(args),
-        Some(Command::BenchWorker { spec, check_out }) => bench_worker(&spec, check_out),
+        Some(Command::BenchWorker {
+            spec,
+            check_out,
+            device,
+        }) => bench_worker(&spec, check_out, device),
         Some(Command::Selftest {
             device,
             index,

@@ -75,6 +75,118 @@ fn every_space_runs_at_the_tiny_shape_and_the_table_lists_all_five() {
     assert_eq!(rows[6]["spec"]["space"]["kind"], "ptb");
     assert_eq!(j["threads"], 1);
     assert!(j["problems"].as_array().unwrap().is_empty());
+    // The default device is the CPU, whose memory is the process's and nothing else.
+    assert_eq!(j["device"], "cpu");
+    assert_eq!(j["gpu_memory_measured"]["runner"], false);
+    assert!(rows.iter().all(|r| r["runner_gpu_peak_mib"].is_null()));
+}
+
+#[test]
+fn device_cpu_is_the_default_table() {
+    let args = [
+        "bench",
+        "--space",
+        "nb201",
+        "--shape",
+        "tiny",
+        "--no-pytorch",
+        "--rounds",
+        "1",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+    ];
+    let o = runner()
+        .args(args)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.starts_with("on the CPU; 1 thread(s); 1 round(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| space | shape | what       | runner ms | PyTorch ms | PyTorch/runner | runner MB | PyTorch MB |"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("GPU"), "{stdout}");
+    let o = runner()
+        .args(args)
+        .args(["--device", "cpu", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["device"], "cpu");
+    assert!(j["rows"][0]["runner_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// A CPU build asked for CUDA stops before it starts anything (no PyTorch lookup, no worker),
+/// with one line that says how to get a CUDA build.
+#[test]
+fn device_cuda_on_a_cpu_build_fails_with_one_line() {
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build may well have a device; scripts/gpu-check.sh covers that
+    }
+    let o = runner()
+        .args([
+            "bench", "--space", "nb201", "--shape", "tiny", "--device", "cuda",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert_eq!(
+        lines[0],
+        "error: --device cuda but this runner was built without the `cuda` feature (build one with scripts/build-cuda.sh, or --features cuda with a CUDA toolkit; or use --device cpu)"
+    );
+    // The worker refuses the same way when started by hand with a valid spec.
+    let o = runner()
+        .args([
+            "bench",
+            "--space",
+            "nb201",
+            "--shape",
+            "tiny",
+            "--no-pytorch",
+        ])
+        .args(["--rounds", "1", "--repeats", "1", "--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let spec = serde_json::to_string(&j["rows"][0]["spec"]).unwrap();
+    let o = runner()
+        .args(["bench-worker", "--device", "cuda", "--spec", &spec])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(o.stdout.is_empty());
+    assert!(
+        err.trim_end().starts_with(
+            "error: --device cuda but this runner was built without the `cuda` feature"
+        ),
+        "{err}"
+    );
+    let o = runner()
+        .args(["bench", "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[possible values: cpu, cuda]"));
 }
 
 #[test]

@@ -1,13 +1,14 @@
 """The harness shared by the PyTorch twins of `runner bench` (benchmarks/pytorch/<space>_bench.py).
 
-A twin is started by `runner bench` as `python3 <space>_bench.py --spec JSON [--check NPZ]`; the
+A twin is started by `runner bench` as `python3 <space>_bench.py --device cpu|cuda --spec JSON
+[--check NPZ]`; the
 spec (runner's `run::bench::spec::Spec`) names the space's network settings (`space`, runner's
 `[space]` table), the fixed architecture (`arch`, the benchmark JSON encoding), the shapes, the
 training settings (`train`), the threads and the repeat counts. Without --check the twin builds
 the model, runs `warmup` untimed and `repeats` timed training steps, then the same for the
 architecture evaluation, and prints one JSON line:
   {"train_step": [ms...], "evaluate": [ms...], "train_peak_mib", "eval_peak_mib", "peak_reset",
-   "threads", "torch"}
+   "threads", "torch"} (on CUDA also "train_gpu_peak_mib", "eval_gpu_peak_mib")
 With --check NPZ [--check-after NPZ1] it loads runner's initial weights and batch from NPZ
 (runner's tensor names; `bench.x`, `bench.y`, PTB also `bench.hidden`) into the twin built in
 float64 (the reference) and in float32, runs two deterministic training steps (drop-path and
@@ -29,6 +30,15 @@ What is timed, as in the study's trainers (matluster/anonymous-2102, trainers/*.
 Both sides compute on tensors already in memory (no data loading). Peak memory is the process's
 RSS high-water mark (VmHWM of /proc/self/status, reset between the phases through
 /proc/self/clear_refs, as runner's worker does; resource.getrusage where /proc is missing).
+
+--device cuda (CUDA device 0): the twin is built on the CPU as always (same seeds, same
+initial values) and then moved to the GPU with its inputs (`place`); every timed run is
+bracketed by torch.cuda.synchronize(), and each phase also reports
+torch.cuda.max_memory_allocated() (reset between the phases). TF32 is turned off, so that
+float32 matrix products and convolutions are float32 as in candle (whose float32 GEMM does not
+use TF32 unless asked to). The check then runs the float64 reference and the float32 twin on
+the GPU too. The thread count still goes to torch.set_num_threads but only bounds host-side
+work there.
 The tests never need this file or PyTorch.
 """
 import argparse
@@ -220,20 +230,62 @@ class ImageBench:
         self.model.train()
 
 
-def _check_run(build, spec, npz, dtype):
-    """Two deterministic steps of the twin built in `dtype` from runner's weights and batch:
-    ([step 1 loss, step 1 gradient norm, step 2 loss], parameters after step 1)."""
+def place(b, device):
+    """Moves a built twin to `device`: its model, every tensor attribute (the inputs, PTB's
+    hidden state), `named` rebound to the moved tensors, and the optimizer and parameter list
+    made anew over the moved parameters (nothing has stepped yet, so no state is lost)."""
+    if device.type == "cpu":
+        return b
+    return _move(b, lambda m: m.to(device), lambda t: t.to(device))
+
+
+def _move(b, move_model, move_tensor):
+    """`place`'s work with the conversions given (module -> moved in place, tensor -> moved
+    tensor), so that the rebinding can be exercised on the CPU with a dtype conversion, which
+    also makes new tensors."""
+    model = b.model
+    # `named` holds the tensors (`.data` of parameters, buffers) under runner's names; find
+    # each one's state-dict key by its storage, to find it again after the move.
+    before = model.state_dict(keep_vars=True)
+    key_of = {}
+    for k, t in before.items():
+        key_of.setdefault(t.data_ptr(), k)
+    keys = {}
+    for name, t in b.named.items():
+        if t.data_ptr() not in key_of:
+            raise SystemExit("place: %s is not a tensor of the model" % name)
+        keys[name] = key_of[t.data_ptr()]
+    shared = len({t.data_ptr() for t in before.values()})
+    move_model(model)
+    after = model.state_dict(keep_vars=True)
+    # A tied weight (PTB's decoder is its encoder) must stay one tensor.
+    if len({t.data_ptr() for t in after.values()}) != shared:
+        raise SystemExit("place: moving the model untied shared tensors")
+    b.named = {name: (after[k].data if isinstance(after[k], nn.Parameter) else after[k])
+               for name, k in keys.items()}
+    for k, v in list(vars(b).items()):
+        if isinstance(v, torch.Tensor):
+            setattr(b, k, move_tensor(v))
+    b.params = list(model.parameters())
+    b.opt = sgd(model, b.t)
+    return b
+
+
+def _check_run(build, spec, npz, dtype, device):
+    """Two deterministic steps of the twin built in `dtype` on `device` from runner's weights
+    and batch: ([step 1 loss, step 1 gradient norm, step 2 loss], parameters after step 1, on
+    the CPU)."""
     torch.set_default_dtype(dtype)
     try:
         torch.manual_seed(spec["seed"])
-        b = build(spec)
+        b = place(build(spec), device)
         load_runner_weights(b.named, npz)
         b.use_check_inputs(npz)
         for k, v in list(vars(b).items()):
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
-                setattr(b, k, v.to(dtype))
+            if isinstance(v, torch.Tensor):
+                setattr(b, k, v.to(device, dtype) if v.is_floating_point() else v.to(device))
         l1, g1 = b.step(False)
-        after = {k: v.detach().double().clone() for k, v in b.named.items()
+        after = {k: v.detach().double().cpu().clone() for k, v in b.named.items()
                  if not k.endswith(("running_mean", "running_var"))}
         l2, _ = b.step(False)
         return [l1, g1, l2], after
@@ -249,13 +301,13 @@ def _update_error(x, ref, init):
     return (num / den) ** 0.5 if den > 0 else float("nan")
 
 
-def check(build, spec, path, after_path):
+def check(build, spec, path, after_path, device):
     """The check's PyTorch side: the twin in float64 is the reference; the twin in float32
     shows how far float32 arithmetic alone moves the same numbers (the noise floor runner's
     float32 results are judged against)."""
     npz = np.load(path)
-    ref, ref_after = _check_run(build, spec, npz, torch.float64)
-    f32, f32_after = _check_run(build, spec, npz, torch.float32)
+    ref, ref_after = _check_run(build, spec, npz, torch.float64, device)
+    f32, f32_after = _check_run(build, spec, npz, torch.float32, device)
     out = {"losses": ref, "float32_losses": f32}
     init = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float64)) for k in ref_after}
     out["update_error_float32"] = _update_error(f32_after, ref_after, init)
@@ -266,13 +318,29 @@ def check(build, spec, path, after_path):
     return out
 
 
-def _time(fn, n):
+def _time(fn, n, sync):
+    """Milliseconds of n runs of fn; `sync` waits for the device (CUDA queues kernels and
+    returns), before the clock starts and before it is read."""
     out = []
     for _ in range(n):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         out.append((time.perf_counter() - t) * 1e3)
     return out
+
+
+def use_device(name):
+    """The torch device for --device, set up for a float32 comparison with runner; exits with
+    one line where CUDA is asked for and this torch cannot use it."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this PyTorch (%s) sees no CUDA device" % torch.__version__)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device("cuda", 0)
 
 
 def main(build):
@@ -282,23 +350,34 @@ def main(build):
     ap.add_argument("--spec", required=True, help="the row's spec (runner bench --json: rows[].spec)")
     ap.add_argument("--check", help="runner's initial weights and batch (.npz): run the check")
     ap.add_argument("--check-after", help="runner's weights after its first check step (.npz)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu, or cuda (CUDA device 0)")
     a = ap.parse_args()
     spec = json.loads(a.spec)
+    device = use_device(a.device)
+    cuda = device.type == "cuda"
     torch.set_num_threads(spec["threads"])
-    torch.manual_seed(spec["seed"])
-    b = build(spec)
     if a.check:
-        print(json.dumps(check(build, spec, a.check, a.check_after)))
+        print(json.dumps(check(build, spec, a.check, a.check_after, device)))
         return
+    torch.manual_seed(spec["seed"])
+    b = place(build(spec), device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    mib = lambda: torch.cuda.max_memory_allocated(device) / 2.0 ** 20  # noqa: E731
     res = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     for _ in range(spec["warmup"]):
         b.step()
-    res["train_step"] = _time(b.step, spec["repeats"])
+    res["train_step"] = _time(b.step, spec["repeats"], sync)
     res["train_peak_mib"] = peak_mib()
     release_free_memory()
     res["peak_reset"] = reset_peak()
+    if cuda:
+        res["train_gpu_peak_mib"] = mib()
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(spec["warmup"]):
         b.evaluate()
-    res["evaluate"] = _time(b.evaluate, spec["repeats"])
+    res["evaluate"] = _time(b.evaluate, spec["repeats"], sync)
     res["eval_peak_mib"] = peak_mib()
+    if cuda:
+        res["eval_gpu_peak_mib"] = mib()
     print(json.dumps(res))

@@ -34,7 +34,8 @@ def build(spec):
         if stochastic and net.training and p > 0:
             keep = 1.0 - p
             n = x.size(0)
-            drop = lambda: (keep, torch.bernoulli(torch.full((n,), keep)))  # noqa: E731
+            # The mask is drawn where x lives (the study drew it on the GPU too).
+            drop = lambda: (keep, torch.bernoulli(torch.full((n,), keep, device=x.device)))  # noqa: E731
         return net(x, arch, drop)
 
     return common.ImageBench(spec, net, forward, common.state_names(net, runner_name),

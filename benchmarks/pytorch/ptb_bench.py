@@ -47,10 +47,10 @@ class Cell(nn.Module):
         return torch.mean(torch.stack(states[1:], -1), -1)
 
 
-def mask2d(n, c, p):
-    """The study's create_mask2d: floor(U + keep) / keep."""
+def mask2d(n, c, p, device):
+    """The study's create_mask2d: floor(U + keep) / keep, drawn on `device`."""
     keep = 1.0 - p
-    return torch.floor(torch.rand(n, c) + keep) / keep
+    return torch.floor(torch.rand(n, c, device=device) + keep) / keep
 
 
 def locked(x, p):
@@ -83,8 +83,8 @@ class Model(nn.Module):
         if dropout:
             emb = locked(emb, sp["dropout_inp"])
         n, h = tokens.size(1), sp["hidden"]
-        xm = mask2d(n, h, sp["dropout_rnn_x"]) if dropout else None
-        hm = mask2d(n, h, sp["dropout_rnn_h"]) if dropout else None
+        xm = mask2d(n, h, sp["dropout_rnn_x"], tokens.device) if dropout else None
+        hm = mask2d(n, h, sp["dropout_rnn_h"], tokens.device) if dropout else None
         outs = []
         for t in range(tokens.size(0)):
             hidden = self.rnn.step(emb[t], hidden, xm, hm, arch[0], arch[1])
@@ -145,7 +145,7 @@ class PtbBench:
     def evaluate(self):
         L, n = self.spec["bptt"], self.spec["eval_batch"]
         self.model.eval()
-        hidden = torch.zeros(n, self.spec["space"]["hidden"])
+        hidden = torch.zeros(n, self.spec["space"]["hidden"], device=self.valid.device)
         with torch.no_grad():
             for w in range(self.spec["valid_batches"]):
                 x = self.valid[w * L:(w + 1) * L]

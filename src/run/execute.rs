@@ -15,14 +15,22 @@ pub fn device(cfg: &config::DeviceCfg) -> Result<Device> {
     match cfg.kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("device.kind = \"cuda\" but this runner was built without the `cuda` feature (rebuild with --features cuda, or set device.kind = \"cpu\")");
-            }
+            require_cuda_build("device.kind = \"cuda\"", "set device.kind = \"cpu\"")?;
             Device::new_cuda(cfg.index)
                 .with_context(|| format!("cannot open CUDA device {}", cfg.index))
         }
         DeviceKind::Auto => Ok(Device::cuda_if_available(cfg.index).unwrap_or(Device::Cpu)),
     }
+}
+
+/// Refuses a request for CUDA (`asked`, e.g. `--device cuda`) in a build without the `cuda`
+/// feature, with one line that says how to get a CUDA build or what to do instead. candle's
+/// own error for this case (`Device::new_cuda` on a CPU build) does not name the feature.
+pub fn require_cuda_build(asked: &str, instead: &str) -> Result<()> {
+    if !candle_core::utils::cuda_is_available() {
+        bail!("{asked} but this runner was built without the `cuda` feature (build one with scripts/build-cuda.sh, or --features cuda with a CUDA toolkit; or {instead})");
+    }
+    Ok(())
 }
 
 /// The CUDA devices of this machine, and why there are none where that has a reason worth

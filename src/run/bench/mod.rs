@@ -4,9 +4,10 @@
 //! installed.
 //!
 //! Each side runs in its own process per round (runner as `runner bench-worker`, PyTorch as
-//! `python3 <twin> --spec JSON`), both with the same thread count, so that both build the same
-//! model from scratch, warm up, time their phases and report their own peak memory. Rounds
-//! alternate which side goes first. Before timing a space, an honesty check runs both sides
+//! `python3 <twin> --spec JSON`), both with the same thread count and on the same device
+//! (`--device cpu`, or `cuda`: CUDA device 0), so that both build the same model from scratch,
+//! warm up, time their phases and report their own peak memory. Rounds alternate which side
+//! goes first. Before timing a space, an honesty check runs both sides
 //! from runner's initial weights on runner's batch (exported as `.npz`) and compares the losses
 //! of two deterministic training steps.
 
@@ -16,6 +17,7 @@ pub mod spec;
 pub mod worker;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use report::{Check, Report, Row};
 use spec::{Nb201Overrides, Spec, Timing, SHAPES, SPACES};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,53 @@ pub struct Pytorch {
     pub python: String,
     pub version: String,
     pub scripts: PathBuf,
+}
+
+/// Where both sides compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchDevice {
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0 (`CUDA_VISIBLE_DEVICES` picks another).
+    Cuda,
+}
+
+impl BenchDevice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BenchDevice::Cpu => "cpu",
+            BenchDevice::Cuda => "cuda",
+        }
+    }
+
+    /// Refuses CUDA where it cannot work, before any child starts: a build without the `cuda`
+    /// feature, or a machine whose driver finds no device. Opening the device is left to the
+    /// workers, so that this process holds no CUDA context while they are measured.
+    pub fn require(self) -> Result<()> {
+        if self == BenchDevice::Cuda {
+            crate::run::execute::require_cuda_build("--device cuda", "use --device cpu")?;
+            let (n, why) = crate::run::execute::cuda_devices();
+            if n == 0 {
+                bail!(
+                    "--device cuda but this machine has no CUDA device{}",
+                    why.map(|w| format!(" ({w})")).unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The device a worker computes on.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            BenchDevice::Cpu => Ok(Device::Cpu),
+            BenchDevice::Cuda => {
+                self.require()?;
+                Device::new_cuda(0).context("cannot open CUDA device 0")
+            }
+        }
+    }
 }
 
 /// What `runner bench` was asked to do.
@@ -48,6 +97,7 @@ pub struct Options {
     pub check_only: bool,
     /// The runner binary that serves `bench-worker`.
     pub exe: PathBuf,
+    pub device: BenchDevice,
 }
 
 /// `all` -> every space; a comma list stays in its order, duplicates dropped.
@@ -162,9 +212,11 @@ fn run_child(mut cmd: Command, what: &str, threads: usize) -> Result<serde_json:
     parse_json_line(&out.stdout).with_context(|| format!("{what} printed no JSON result"))
 }
 
-fn runner_cmd(exe: &Path, spec: &Spec, check: Option<&Path>) -> Result<Command> {
-    let mut c = Command::new(exe);
+fn runner_cmd(o: &Options, spec: &Spec, check: Option<&Path>) -> Result<Command> {
+    let mut c = Command::new(&o.exe);
     c.arg("bench-worker")
+        .arg("--device")
+        .arg(o.device.as_str())
         .arg("--spec")
         .arg(serde_json::to_string(spec)?);
     if let Some(p) = check {
@@ -173,13 +225,20 @@ fn runner_cmd(exe: &Path, spec: &Spec, check: Option<&Path>) -> Result<Command> 
     Ok(c)
 }
 
-fn pytorch_cmd(py: &Pytorch, spec: &Spec, check: Option<&Path>) -> Result<Command> {
+fn pytorch_cmd(
+    py: &Pytorch,
+    device: BenchDevice,
+    spec: &Spec,
+    check: Option<&Path>,
+) -> Result<Command> {
     let script = py.scripts.join(format!("{}_bench.py", spec.kind()));
     if !script.is_file() {
         bail!("{} is missing", script.display());
     }
     let mut c = Command::new(&py.python);
     c.arg(&script)
+        .arg("--device")
+        .arg(device.as_str())
         .arg("--spec")
         .arg(serde_json::to_string(spec)?);
     if let Some(p) = check {
@@ -209,12 +268,8 @@ fn check(o: &Options, py: &Pytorch, spec: &Spec) -> Result<Check> {
     let after = worker::after_path(&npz);
     let result = (|| -> Result<Check> {
         let threads = spec.threads;
-        let r = run_child(
-            runner_cmd(&o.exe, spec, Some(&npz))?,
-            "runner check",
-            threads,
-        )?;
-        let mut cmd = pytorch_cmd(py, spec, Some(&npz))?;
+        let r = run_child(runner_cmd(o, spec, Some(&npz))?, "runner check", threads)?;
+        let mut cmd = pytorch_cmd(py, o.device, spec, Some(&npz))?;
         cmd.arg("--check-after").arg(&after);
         let p = run_child(cmd, "PyTorch check", threads)?;
         let num = |k: &str| p.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
@@ -288,7 +343,7 @@ pub fn run(o: &Options) -> Result<Report> {
             for turn in 0..2 {
                 let runner_turn = (turn == 0) == runner_first;
                 if runner_turn {
-                    let r = run_child(runner_cmd(&o.exe, &spec, None)?, "runner", spec.threads)
+                    let r = run_child(runner_cmd(o, &spec, None)?, "runner", spec.threads)
                         .and_then(|v| side(v, "runner"));
                     match r {
                         Ok(r) => {
@@ -305,7 +360,7 @@ pub fn run(o: &Options) -> Result<Report> {
                             .push(format!("{name} round {}: {e:#}", round + 1)),
                     }
                 } else if let Some(py) = &o.pytorch {
-                    let r = pytorch_cmd(py, &spec, None)
+                    let r = pytorch_cmd(py, o.device, &spec, None)
                         .and_then(|c| run_child(c, "PyTorch", spec.threads))
                         .and_then(|v| side(v, "PyTorch"));
                     match r {
@@ -339,6 +394,7 @@ pub fn run(o: &Options) -> Result<Report> {
             .as_ref()
             .map(|p| (p.python.clone(), p.version.clone())),
         no_pytorch_reason: o.no_pytorch_reason.clone(),
+        device: o.device,
     })
 }
 
@@ -367,9 +423,24 @@ pub fn scripts_dir() -> Option<PathBuf> {
 /// How to get PyTorch, for the message when it is missing.
 pub const INSTALL_HINT: &str = "run scripts/install-pytorch.sh (Debian's python3-torch, or a CPU wheel in a virtual environment), then pass --python PATH or set RUNNER_BENCH_PYTHON";
 
+/// Whether the torch that `python` imports sees a CUDA device.
+fn torch_sees_cuda(python: &str) -> bool {
+    Command::new(python)
+        .args([
+            "-c",
+            "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The interpreter to compare with: `--python`, then `RUNNER_BENCH_PYTHON`, then `python3`,
-/// then `/usr/bin/python3`, the first that imports torch; `Err` says why there is none.
-pub fn find_pytorch(explicit: Option<&str>) -> std::result::Result<Pytorch, String> {
+/// then `/usr/bin/python3`, the first that imports torch (with `--device cuda`, a torch that
+/// sees a CUDA device); `Err` says why there is none.
+pub fn find_pytorch(
+    explicit: Option<&str>,
+    device: BenchDevice,
+) -> std::result::Result<Pytorch, String> {
     let Some(scripts) = scripts_dir() else {
         return Err("benchmarks/pytorch/ not found (run from the repository)".into());
     };
@@ -381,6 +452,11 @@ pub fn find_pytorch(explicit: Option<&str>) -> std::result::Result<Pytorch, Stri
     };
     for python in &candidates {
         if let Some(version) = torch_version(python) {
+            if device == BenchDevice::Cuda && !torch_sees_cuda(python) {
+                return Err(format!(
+                    "{python}'s torch {version} sees no CUDA device (torch.cuda.is_available() is false)"
+                ));
+            }
             return Ok(Pytorch {
                 python: python.clone(),
                 version,

@@ -2,6 +2,7 @@
 
 use super::spec::Spec;
 use super::worker::SideResult;
+use super::BenchDevice;
 use serde::Serialize;
 
 /// The median of `v` (the mean of the middle two for an even count); NaN when empty.
@@ -120,6 +121,7 @@ struct Phase {
     samples: Vec<f64>,
     median: f64,
     peak_mib: Option<f64>,
+    gpu_peak_mib: Option<f64>,
 }
 
 fn phase(rounds: &[SideResult], eval: bool) -> Phase {
@@ -138,10 +140,21 @@ fn phase(rounds: &[SideResult], eval: bool) -> Phase {
             }
         })
         .reduce(f64::max);
+    let gpu_peak_mib = rounds
+        .iter()
+        .filter_map(|r| {
+            if eval {
+                r.eval_gpu_peak_mib
+            } else {
+                r.train_gpu_peak_mib
+            }
+        })
+        .reduce(f64::max);
     Phase {
         median: median(&samples),
         samples,
         peak_mib,
+        gpu_peak_mib,
     }
 }
 
@@ -159,6 +172,7 @@ pub struct Report {
     pub pytorch: Option<(String, String)>,
     /// Why PyTorch is not compared, when it is not.
     pub no_pytorch_reason: Option<String>,
+    pub device: BenchDevice,
 }
 
 const WHAT: [(&str, bool); 2] = [("train step", false), ("evaluation", true)];
@@ -175,6 +189,14 @@ fn fmt_ms(v: f64) -> String {
 
 fn fmt_mb(v: Option<f64>) -> String {
     v.map_or("-".into(), |m| format!("{m:.0}"))
+}
+
+/// What the memory numbers are, for the table and the JSON.
+fn memory_note(device: BenchDevice) -> &'static str {
+    match device {
+        BenchDevice::Cpu => "MB: peak resident memory (MiB, VmHWM) of each side's process during the phase, model included.",
+        BenchDevice::Cuda => "RSS MB: peak resident host memory (MiB, VmHWM) of each side's process during the phase (the PyTorch process includes its CUDA libraries). PyTorch GPU MB: torch.cuda.max_memory_allocated() during the phase (reset between the phases, model included). runner's GPU memory is not measured: candle keeps no allocator statistics, so there is no runner GPU column.",
+    }
 }
 
 impl Report {
@@ -195,17 +217,21 @@ impl Report {
 
     /// The table, the shapes, the architectures and the checks, as printed.
     pub fn table(&self) -> String {
-        let header = [
+        let cuda = self.device == BenchDevice::Cuda;
+        let mut header = vec![
             "space",
             "shape",
             "what",
             "runner ms",
             "PyTorch ms",
             "PyTorch/runner",
-            "runner MB",
-            "PyTorch MB",
         ];
-        let mut cells: Vec<[String; 8]> = vec![];
+        if cuda {
+            header.extend(["runner RSS MB", "PyTorch RSS MB", "PyTorch GPU MB"]);
+        } else {
+            header.extend(["runner MB", "PyTorch MB"]);
+        }
+        let mut cells: Vec<Vec<String>> = vec![];
         for row in &self.rows {
             for (what, eval) in WHAT {
                 let o = phase(&row.runner, eval);
@@ -215,7 +241,7 @@ impl Report {
                 } else {
                     format!("{:.2}", p.median / o.median)
                 };
-                cells.push([
+                let mut c = vec![
                     row.spec.kind().to_string(),
                     row.spec.shape.clone(),
                     what.to_string(),
@@ -224,10 +250,14 @@ impl Report {
                     ratio,
                     fmt_mb(o.peak_mib),
                     fmt_mb(p.peak_mib),
-                ]);
+                ];
+                if cuda {
+                    c.push(fmt_mb(p.gpu_peak_mib));
+                }
+                cells.push(c);
             }
         }
-        let mut w = header.map(str::len);
+        let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for c in &cells {
             for (i, s) in c.iter().enumerate() {
                 w[i] = w[i].max(s.len());
@@ -247,11 +277,17 @@ impl Report {
                 .collect();
             format!("| {} |\n", parts.join(" | "))
         };
+        let on = if cuda {
+            "CUDA device 0 (the device synchronised around every timed run; the threads only bound each process's host-side work)"
+        } else {
+            "the CPU"
+        };
         let mut t = format!(
-            "{} thread(s); {} round(s), runner and PyTorch alternating; per round {} warm-up + {} timed run(s) of each phase; medians over all timed runs\n\n",
+            "on {on}; {} thread(s); {} round(s), runner and PyTorch alternating; per round {} warm-up + {} timed run(s) of each phase; medians over all timed runs\n\n",
             self.threads, self.rounds, self.warmup, self.repeats
         );
-        t.push_str(&line(&header.map(String::from)));
+        let header: Vec<String> = header.into_iter().map(String::from).collect();
+        t.push_str(&line(&header));
         let rule: Vec<String> = w
             .iter()
             .enumerate()
@@ -267,10 +303,18 @@ impl Report {
         for c in &cells {
             t.push_str(&line(c));
         }
-        t.push_str("\nPyTorch/runner > 1: runner is faster. MB: peak resident memory (MiB, VmHWM) of each side's process during the phase, model included.\n");
+        t.push_str(&format!(
+            "\nPyTorch/runner > 1: runner is faster. {}\n",
+            memory_note(self.device)
+        ));
         match &self.pytorch {
             Some((py, v)) => t.push_str(&format!(
-                "PyTorch {v} ({py}), float32, twins in benchmarks/pytorch/.\n"
+                "PyTorch {v} ({py}), float32{}, twins in benchmarks/pytorch/.\n",
+                if cuda {
+                    " with TF32 off (as candle's float32 matrix products)"
+                } else {
+                    ""
+                }
             )),
             None => t.push_str(&format!(
                 "PyTorch not compared: {}\n",
@@ -340,6 +384,8 @@ impl Report {
                         "pytorch_over_runner": num(p.median / o.median),
                         "runner_peak_mib": o.peak_mib,
                         "pytorch_peak_mib": p.peak_mib,
+                        "runner_gpu_peak_mib": o.gpu_peak_mib,
+                        "pytorch_gpu_peak_mib": p.gpu_peak_mib,
                         "runner_samples_ms": o.samples,
                         "pytorch_samples_ms": p.samples,
                         "errors": row.errors,
@@ -364,6 +410,12 @@ impl Report {
             })
             .collect();
         serde_json::json!({
+            "device": self.device,
+            "memory": memory_note(self.device),
+            "gpu_memory_measured": {
+                "runner": false,
+                "pytorch": self.device == BenchDevice::Cuda && self.pytorch.is_some(),
+            },
             "threads": self.threads,
             "rounds": self.rounds,
             "warmup": self.warmup,
@@ -420,6 +472,8 @@ mod tests {
             peak_reset: true,
             threads: 2,
             torch: None,
+            train_gpu_peak_mib: None,
+            eval_gpu_peak_mib: None,
         };
         let r = Report {
             rows: vec![Row {
@@ -445,6 +499,7 @@ mod tests {
             repeats: 2,
             pytorch: Some(("python3".into(), "1.13".into())),
             no_pytorch_reason: None,
+            device: BenchDevice::Cpu,
         };
         let table = r.table();
         // runner train samples 10, 30, 10, 30 -> 20; PyTorch 20, 60 -> 40; ratio 2.00.
@@ -456,5 +511,73 @@ mod tests {
         assert_eq!(j["rows"][1]["runner_peak_mib"], 121.0);
         assert_eq!(j["checks"][0]["ok"], true);
         assert!(r.problems().is_empty());
+        assert_eq!(j["device"], "cpu");
+        assert!(!table.contains("GPU MB"), "{table}");
+    }
+
+    #[test]
+    fn on_cuda_the_table_has_pytorch_gpu_memory_and_says_runner_has_none() {
+        let t = Timing {
+            threads: 2,
+            warmup: 1,
+            repeats: 1,
+        };
+        // A twin's result line on CUDA, as common.py prints it.
+        let py: SideResult = serde_json::from_str(
+            r#"{"threads": 2, "torch": "2.11.0", "train_step": [4.0], "train_peak_mib": 2100.0,
+                "peak_reset": true, "train_gpu_peak_mib": 812.5, "evaluate": [2.0],
+                "eval_peak_mib": 2101.0, "eval_gpu_peak_mib": 640.0}"#,
+        )
+        .unwrap();
+        let runner = SideResult {
+            train_step: vec![2.0],
+            evaluate: vec![4.0],
+            train_peak_mib: Some(900.0),
+            eval_peak_mib: Some(901.0),
+            peak_reset: true,
+            threads: 2,
+            torch: None,
+            train_gpu_peak_mib: None,
+            eval_gpu_peak_mib: None,
+        };
+        let r = Report {
+            rows: vec![Row {
+                spec: spec("darts", "tiny", t).unwrap(),
+                runner: vec![runner],
+                pytorch: vec![py],
+                errors: vec![],
+            }],
+            checks: vec![],
+            rounds: 1,
+            threads: 2,
+            warmup: 1,
+            repeats: 1,
+            pytorch: Some(("python3".into(), "2.11.0".into())),
+            no_pytorch_reason: None,
+            device: BenchDevice::Cuda,
+        };
+        let table = r.table();
+        assert!(
+            table.starts_with("on CUDA device 0 (the device synchronised"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| runner RSS MB | PyTorch RSS MB | PyTorch GPU MB |"),
+            "{table}"
+        );
+        assert!(table.contains("| darts | tiny  | train step |       2.0 |        4.0 |           2.00 |           900 |           2100 |            812 |"), "{table}");
+        assert!(table.contains("| darts | tiny  | evaluation |       4.0 |        2.0 |           0.50 |           901 |           2101 |            640 |"), "{table}");
+        assert!(
+            table.contains("runner's GPU memory is not measured"),
+            "{table}"
+        );
+        assert!(table.contains("TF32 off"), "{table}");
+        let j = r.json();
+        assert_eq!(j["device"], "cuda");
+        assert_eq!(j["gpu_memory_measured"]["runner"], false);
+        assert_eq!(j["gpu_memory_measured"]["pytorch"], true);
+        assert_eq!(j["rows"][0]["pytorch_gpu_peak_mib"], 812.5);
+        assert!(j["rows"][0]["runner_gpu_peak_mib"].is_null());
+        assert_eq!(j["rows"][1]["pytorch_gpu_peak_mib"], 640.0);
     }
 }

@@ -10,6 +10,11 @@
 //! averaged, a validation pass (loss, top-1 and top-5), the buffers restored. PTB has no
 //! BatchNorm: its evaluation is a validation pass over fixed-length windows from a zero
 //! hidden state.
+//!
+//! On CUDA (`--device cuda`) every timed run starts and ends with a device synchronisation, so
+//! that a phase's time covers the kernels it queued and not only their launch. Peak memory is
+//! the process's resident memory on either device: runner does not measure its GPU memory
+//! (candle keeps no allocator statistics to read), and says so in the table and the JSON.
 
 use super::memory;
 use super::spec::Spec;
@@ -47,6 +52,14 @@ pub struct SideResult {
     /// Whether the peak could be reset between phases (otherwise the evaluation peak covers
     /// the whole process).
     pub peak_reset: bool,
+    /// Peak GPU memory (MiB) held by the side's allocator during the training phase, where the
+    /// side measures it: the PyTorch twins on CUDA (`torch.cuda.max_memory_allocated`, reset
+    /// between the phases). runner never fills it in (see the module comment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_gpu_peak_mib: Option<f64>,
+    /// The same during the evaluation phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_gpu_peak_mib: Option<f64>,
     /// Threads the side computed with.
     pub threads: usize,
     /// The PyTorch version (twins only).
@@ -362,35 +375,39 @@ fn image<S: Space, N: Supernet<Arch = S::Arch> + 'static>(
     Ok(Box::new(ImageBench::new(net, store, arch, spec, &mut rng)?))
 }
 
-fn build(spec: &Spec) -> Result<Box<dyn Phases>> {
-    let dev = Device::Cpu;
+fn build(spec: &Spec, dev: &Device) -> Result<Box<dyn Phases>> {
     let k = spec.classes;
     Ok(match &spec.space {
         SpaceCfg::Nb101(s) => {
-            image::<Nb101, _>(spec, |st, r| Nb101Net::new(&st.root(), s, k, r), &dev)?
+            image::<Nb101, _>(spec, |st, r| Nb101Net::new(&st.root(), s, k, r), dev)?
         }
         SpaceCfg::Nb201(s) => {
-            image::<Nb201, _>(spec, |st, r| Nb201Net::new(&st.root(), s, k, r), &dev)?
+            image::<Nb201, _>(spec, |st, r| Nb201Net::new(&st.root(), s, k, r), dev)?
         }
         SpaceCfg::Darts(s) => {
-            image::<Darts, _>(spec, |st, r| DartsNet::new(&st.root(), s, k, r), &dev)?
+            image::<Darts, _>(spec, |st, r| DartsNet::new(&st.root(), s, k, r), dev)?
         }
         SpaceCfg::Proxyless(s) => {
-            image::<Proxyless, _>(spec, |st, r| ProxylessNet::new(&st.root(), s, k, r), &dev)?
+            image::<Proxyless, _>(spec, |st, r| ProxylessNet::new(&st.root(), s, k, r), dev)?
         }
-        SpaceCfg::Ptb(s) => Box::new(PtbBench::new(spec, s, &dev)?),
+        SpaceCfg::Ptb(s) => Box::new(PtbBench::new(spec, s, dev)?),
     })
 }
 
-fn time_ms(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+/// Milliseconds of one run of `f`. CUDA queues kernels and returns, so the device is
+/// synchronised before the clock starts (nothing earlier still running is counted) and before
+/// it is read (everything `f` queued is); on the CPU `synchronize` does nothing.
+fn time_ms(dev: &Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    dev.synchronize()?;
     let t = Instant::now();
     f()?;
+    dev.synchronize()?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-/// Builds the spec's model and times its phases.
-pub fn run(spec: &Spec) -> Result<SideResult> {
-    let mut b = build(spec)?;
+/// Builds the spec's model on `dev` and times its phases.
+pub fn run(spec: &Spec, dev: &Device) -> Result<SideResult> {
+    let mut b = build(spec, dev)?;
     let mut out = SideResult {
         threads: candle_core::utils::get_num_threads(),
         ..Default::default()
@@ -400,7 +417,7 @@ pub fn run(spec: &Spec) -> Result<SideResult> {
     }
     for _ in 0..spec.repeats {
         out.train_step
-            .push(time_ms(&mut || b.step(true).map(|_| ()))?);
+            .push(time_ms(dev, &mut || b.step(true).map(|_| ()))?);
     }
     out.train_peak_mib = memory::peak_mib();
     crate::alloc::release_free_memory();
@@ -409,7 +426,7 @@ pub fn run(spec: &Spec) -> Result<SideResult> {
         b.evaluate()?;
     }
     for _ in 0..spec.repeats {
-        out.evaluate.push(time_ms(&mut || b.evaluate())?);
+        out.evaluate.push(time_ms(dev, &mut || b.evaluate())?);
     }
     out.eval_peak_mib = memory::peak_mib();
     Ok(out)
@@ -422,9 +439,9 @@ pub fn after_path(npz: &Path) -> std::path::PathBuf {
 
 /// The honesty check's runner side: writes the initial weights and the inputs to `npz` and
 /// the weights after the first step to [`after_path`], and returns the first step's loss and
-/// gradient norm (before clipping) and the second step's loss.
-pub fn check(spec: &Spec, npz: &Path) -> Result<CheckResult> {
-    let mut b = build(spec)?;
+/// gradient norm (before clipping) and the second step's loss, computed on `dev`.
+pub fn check(spec: &Spec, npz: &Path, dev: &Device) -> Result<CheckResult> {
+    let mut b = build(spec, dev)?;
     b.export(npz)?;
     let (l1, g1) = b.step(false)?;
     b.export(&after_path(npz))?;
@@ -448,12 +465,17 @@ mod tests {
         };
         for k in SPACES {
             let s = spec::spec(k, "tiny", t).unwrap();
-            let r = run(&s).unwrap();
+            let r = run(&s, &Device::Cpu).unwrap();
             assert_eq!((r.train_step.len(), r.evaluate.len()), (1, 1), "{k}");
+            assert_eq!(
+                (r.train_gpu_peak_mib, r.eval_gpu_peak_mib),
+                (None, None),
+                "{k}"
+            );
             assert!(r.train_step[0] > 0.0 && r.evaluate[0] > 0.0, "{k}");
             // Deterministic steps on one batch: the losses are finite and one SGD step on the
             // batch lowers its loss (PTB's lr 40 may overshoot later, so only the first step).
-            let mut b = build(&s).unwrap();
+            let mut b = build(&s, &Device::Cpu).unwrap();
             let l: Vec<f64> = (0..3).map(|_| b.step(false).unwrap().0).collect();
             assert!(l.iter().all(|v| v.is_finite()), "{k}: {l:?}");
             assert!(l[1] < l[0], "{k}: {l:?}");
