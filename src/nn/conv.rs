@@ -85,7 +85,12 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &param(&self.weight), self.params)?;
+        self.forward_with(x, self.params)
+    }
+
+    /// The layer's weights with other geometry (DARTS's dynamic stride on reduction inputs).
+    pub fn forward_with(&self, x: &Tensor, params: ConvParams) -> Result<Tensor> {
+        let y = conv2d(x, &param(&self.weight), params)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&param(b).reshape((1, (), 1, 1))?),
             None => Ok(y),

@@ -167,9 +167,21 @@ fn image_side<N: Supernet>(
             loss = (loss + (nn::loss::cross_entropy(aux, &y, 0.0)? * net.aux_weight())?)?;
         }
         let grads = loss.backward()?;
-        let eval_logits = net
-            .forward(&x, arch, &mut Ctx::new(Mode::Eval, &mut r))?
-            .logits;
+        let eval = |r: &mut Rng| -> Result<Tensor> {
+            Ok(net.forward(&x, arch, &mut Ctx::new(Mode::Eval, r))?.logits)
+        };
+        let eval_logits = eval(&mut rng::stream(0, "selftest-eval", &[]))?;
+        // Evaluation runs under `nn::no_grad`: same logits, and no parameter may still be
+        // recorded in a backward graph (one that is keeps every activation alive).
+        let free = nn::no_grad(|| eval(&mut rng::stream(0, "selftest-eval", &[])))?;
+        let diff = (&free - &eval_logits)?.abs()?.flatten_all()?.max(0)?;
+        if diff.to_scalar::<f32>()? != 0.0 {
+            bail!("evaluation under no_grad changed the logits");
+        }
+        let g = free.sum_all()?.backward()?;
+        if let Some((name, _)) = store.params().iter().find(|(_, v)| g.get(v.as_tensor()).is_some()) {
+            bail!("evaluation under no_grad still records a backward graph through {name}");
+        }
         Ok(Side {
             logits: out.logits.to_device(&Device::Cpu)?,
             loss: loss.to_device(&Device::Cpu)?,

@@ -527,7 +527,7 @@ impl DynamicDepthwise {
             stride,
             ..self.conv.params
         };
-        nn::conv2d(x, self.conv.weight.as_tensor(), params)
+        self.conv.forward_with(x, params)
     }
 }
 
