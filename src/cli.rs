@@ -70,6 +70,9 @@ pub struct BenchArgs {
     /// `cuda` feature, and a PyTorch with CUDA for the comparison).
     #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
     device: crate::run::bench::BenchDevice,
+    /// runner's CPU convolution kernels (`device.conv_engine`): auto, onednn or rust.
+    #[arg(long, value_enum, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
+    conv_engine: crate::config::schema::ConvEngineCfg,
     /// NB201 only: channels of the first stage.
     #[arg(long)]
     channels: Option<usize>,
@@ -183,6 +186,8 @@ pub enum Command {
         check_out: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
         device: crate::run::bench::BenchDevice,
+        #[arg(long, value_enum, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
+        conv_engine: crate::config::schema::ConvEngineCfg,
     },
     /// Check a device against the native CPU kernels: every space's supernet on a fixed batch
     /// (logits, loss, gradients, BN buffers, eval logits). `--device cuda` on a GPU build and
@@ -417,6 +422,7 @@ fn run(args: RunArgs) -> Result<()> {
         });
     }
     set_cpu_threads(cfg.device.threads);
+    set_conv_engine(cfg.device.conv_engine)?;
     let dir = RunDir::open(
         &cfg.experiment.output,
         &cfg.experiment.name,
@@ -431,6 +437,7 @@ fn run(args: RunArgs) -> Result<()> {
         dir.path.display()
     );
     tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
+    tracing::info!("CPU convolution: {}", crate::nn::onednn::describe());
     let outcome = execute::execute(&resolved, &dir)?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
@@ -468,6 +475,17 @@ fn set_cpu_threads(threads: usize) {
         .is_err()
     {
         tracing::warn!("device.threads = {threads}: the thread pool had already started");
+    }
+}
+
+/// `device.conv_engine` for this process (`auto` keeps the build's default).
+fn set_conv_engine(e: crate::config::schema::ConvEngineCfg) -> Result<()> {
+    use crate::config::schema::ConvEngineCfg;
+    use crate::nn::onednn::{set_engine, ConvEngine};
+    match e {
+        ConvEngineCfg::Auto => Ok(()),
+        ConvEngineCfg::Onednn => Ok(set_engine(ConvEngine::OneDnn)?),
+        ConvEngineCfg::Rust => Ok(set_engine(ConvEngine::Rust)?),
     }
 }
 
@@ -590,6 +608,7 @@ fn run_rank(
         std::process::id()
     );
     tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
+    tracing::info!("CPU convolution: {}", crate::nn::onednn::describe());
     let outcome = execute::execute(resolved, &dir)?;
     if dist.is_root() {
         if outcome.already_finished {
@@ -604,6 +623,8 @@ fn run_rank(
 fn bench(a: BenchArgs) -> Result<()> {
     use crate::run::bench;
     a.device.require()?;
+    // Fails here, before any row, when the build lacks the engine asked for.
+    set_conv_engine(a.conv_engine)?;
     let (pytorch, reason) = if a.no_pytorch {
         (None, Some("--no-pytorch".to_string()))
     } else {
@@ -639,6 +660,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         check_only: a.check_only,
         exe: std::env::current_exe().context("locating the runner binary")?,
         device: a.device,
+        conv_engine: a.conv_engine,
     };
     let report = bench::run(&opts)?;
     let json = report.json();
@@ -734,8 +756,10 @@ fn bench_worker(
     spec: &str,
     check_out: Option<PathBuf>,
     device: crate::run::bench::BenchDevice,
+    conv_engine: crate::config::schema::ConvEngineCfg,
 ) -> Result<()> {
     use crate::run::bench::{spec::Spec, worker};
+    set_conv_engine(conv_engine)?;
     let spec: Spec = serde_json::from_str(spec).context("bench-worker --spec")?;
     let dev = device.open()?;
     let line = match check_out {
@@ -814,7 +838,8 @@ pub fn main() -> i32 {
             spec,
             check_out,
             device,
-        }) => bench_worker(&spec, check_out, device),
+            conv_engine,
+        }) => bench_worker(&spec, check_out, device, conv_engine),
         Some(Command::Selftest {
             device,
             index,

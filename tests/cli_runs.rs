@@ -395,3 +395,58 @@ fn device_threads_sets_the_cpu_thread_count() {
         assert!(log.contains(want), "{env:?}: {log}");
     }
 }
+
+/// `device.conv_engine` picks the convolution kernels and run.log names them; asking for oneDNN
+/// in a build without it fails with one line before any results folder is made.
+#[test]
+fn conv_engine_is_logged_and_onednn_needs_its_feature() {
+    let t = tempfile::tempdir().unwrap();
+    let run = |out: &str, engine: &str| {
+        let cfg = tiny_config(t.path(), out);
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg(&cfg)
+            .args(["--set", &format!("device.conv_engine={engine}")])
+            .args(["--set", "train.max_steps=1", "--set", "train.epochs=1"])
+            .args(["--set", "eval.num_archs=2"])
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .unwrap()
+    };
+    let st = run("rust", "rust");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let log = std::fs::read_to_string(run_dir(&t.path().join("rust")).join("run.log")).unwrap();
+    assert!(
+        log.contains("CPU convolution: runner's own kernels"),
+        "{log}"
+    );
+
+    let st = run("onednn", "onednn");
+    if cfg!(feature = "onednn") && runner::nn::onednn::available() {
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let log =
+            std::fs::read_to_string(run_dir(&t.path().join("onednn")).join("run.log")).unwrap();
+        assert!(log.contains("CPU convolution: oneDNN 2."), "{log}");
+    } else {
+        assert!(!st.status.success());
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(err.contains("built without oneDNN"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !t.path().join("onednn").exists(),
+            "a results folder was made"
+        );
+    }
+
+    let st = run("bad", "mkl");
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(err.contains("conv_engine"), "{err}");
+}

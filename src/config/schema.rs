@@ -471,6 +471,31 @@ pub struct DeviceCfg {
     /// every collective) before it fails naming the missing rank. Changes no result.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u64,
+    /// CPU convolution kernels: `auto` or `rust` (runner's own, the measured faster default,
+    /// which give the same bits on any thread count) or `onednn` (a build with the `onednn`
+    /// feature; an error otherwise). The engines differ only in float rounding.
+    #[serde(default)]
+    pub conv_engine: ConvEngineCfg,
+}
+
+/// `device.conv_engine` (also `runner bench --conv-engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvEngineCfg {
+    #[default]
+    Auto,
+    Onednn,
+    Rust,
+}
+
+impl ConvEngineCfg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Onednn => "onednn",
+            Self::Rust => "rust",
+        }
+    }
 }
 
 fn one() -> usize {
@@ -489,6 +514,7 @@ impl Default for DeviceCfg {
             threads: 0,
             gpus: 1,
             timeout_s: default_timeout_s(),
+            conv_engine: ConvEngineCfg::Auto,
         }
     }
 }

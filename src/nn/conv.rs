@@ -13,6 +13,9 @@
 //! runs with 1 or 2 threads agree bit for bit.
 
 use super::host::param;
+#[cfg(runner_onednn)]
+use super::onednn;
+use super::onednn::Pass;
 use super::store::Path;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
@@ -231,7 +234,9 @@ impl CustomOp2 for ConvFwd {
         let g = &self.0;
         let x = f32_input(s1, l1, &g.x_dims(), "conv2d input")?;
         let w = f32_input(s2, l2, &g.w_dims(), "conv2d weight")?;
-        let y = if g.depthwise() {
+        let y = if let Some(out) = via_onednn(g, Pass::Forward, &x, &w, &g.y_dims())? {
+            out
+        } else if g.depthwise() {
             dw_forward(g, &x, &w)
         } else {
             gemm_forward(g, &x, &w)
@@ -277,7 +282,9 @@ impl CustomOp2 for ConvBwdInput {
         let g = &self.0;
         let dy = f32_input(s1, l1, &g.y_dims(), "conv2d output gradient")?;
         let w = f32_input(s2, l2, &g.w_dims(), "conv2d weight")?;
-        let dx = if g.depthwise() {
+        let dx = if let Some(out) = via_onednn(g, Pass::GradInput, &dy, &w, &g.x_dims())? {
+            out
+        } else if g.depthwise() {
             dw_grad_input(g, &dy, &w)
         } else {
             gemm_grad_input(g, &dy, &w)
@@ -301,13 +308,41 @@ impl CustomOp2 for ConvBwdWeight {
         let g = &self.0;
         let x = f32_input(s1, l1, &g.x_dims(), "conv2d input")?;
         let dy = f32_input(s2, l2, &g.y_dims(), "conv2d output gradient")?;
-        let dw = if g.depthwise() {
+        let dw = if let Some(out) = via_onednn(g, Pass::GradWeight, &x, &dy, &g.w_dims())? {
+            out
+        } else if g.depthwise() {
             dw_grad_weight(g, &x, &dy)
         } else {
             gemm_grad_weight(g, &x, &dy)
         };
         Ok((CpuStorage::F32(dw), Shape::from_dims(&g.w_dims())))
     }
+}
+
+/// A convolution pass through oneDNN when that engine is in use on this thread (see
+/// `super::onednn`); `None` sends it to runner's own kernels. Dilated depthwise convolutions
+/// always stay here: oneDNN's plain-layout kernels for them are 10x slower in the backward passes
+/// (README, "Choosing the CPU engine by measurement").
+fn via_onednn(
+    g: &Geom,
+    pass: Pass,
+    a: &[f32],
+    b: &[f32],
+    out_dims: &[usize; 4],
+) -> Result<Option<Vec<f32>>> {
+    #[cfg(runner_onednn)]
+    if onednn::engine() == onednn::ConvEngine::OneDnn && !(g.g > 1 && g.d > 1) {
+        let len: usize = out_dims.iter().product();
+        // Empty tensors stay with runner's kernels, which return the empty (or zero) result.
+        if len > 0 && !a.is_empty() && !b.is_empty() {
+            let geom = [g.n, g.ci, g.co, g.h, g.w, g.k, g.s, g.p, g.d, g.g].map(|v| v as i64);
+            let mut out = vec![0.0f32; len];
+            onednn::run(pass, &geom, a, b, &mut out, rayon::current_num_threads())?;
+            return Ok(Some(out));
+        }
+    }
+    let _ = (g, pass, a, b, out_dims);
+    Ok(None)
 }
 
 /// The f32 elements of a tensor in row-major order, borrowed when already contiguous.
@@ -1189,6 +1224,7 @@ fn dw_grad_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::nn::init;
+    use crate::nn::onednn;
     use crate::rng::stream;
     use candle_core::Device;
 
@@ -1310,13 +1346,54 @@ mod tests {
     fn matches_pytorch_forward_and_gradients() {
         let cases = load_cases();
         assert!(cases.len() >= 26, "fixture has {} cases", cases.len());
+        for engine in engines() {
+            onednn::with_engine(engine, || {
+                for c in &cases {
+                    let (y, dx, dw) = run(&c.x, &c.w, &c.g, c.p, true);
+                    let dx = dx.unwrap_or_else(|| panic!("{}: no input gradient", c.name));
+                    let (ey, edx, edw) =
+                        (rel_err(&y, &c.y), rel_err(&dx, &c.dx), rel_err(&dw, &c.dw));
+                    assert!(
+                        ey <= TOL && edx <= TOL && edw <= TOL,
+                        "{engine:?} {}: rel err y {ey} dx {edx} dw {edw}",
+                        c.name
+                    );
+                }
+            });
+        }
+    }
+
+    /// The engines this build has: runner's own, and oneDNN with the `onednn` feature.
+    fn engines() -> Vec<onednn::ConvEngine> {
+        let mut e = vec![onednn::ConvEngine::Rust];
+        if onednn::available() {
+            e.push(onednn::ConvEngine::OneDnn);
+        }
+        e
+    }
+
+    /// oneDNN gives the same bits when run twice with the same thread count (what a resumed run
+    /// relies on), from any calling thread (cached primitives outlive the thread that built them).
+    #[test]
+    fn onednn_is_repeatable_across_calling_threads() {
+        if !onednn::available() {
+            eprintln!("skipped: built without the onednn feature");
+            return;
+        }
+        let cases = load_cases();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let once = |c: &Case| {
+            onednn::with_engine(onednn::ConvEngine::OneDnn, || {
+                let (y, dx, dw) = run(&c.x, &c.w, &c.g, c.p, true);
+                (flat(&y), flat(&dx.unwrap()), flat(&dw))
+            })
+        };
         for c in &cases {
-            let (y, dx, dw) = run(&c.x, &c.w, &c.g, c.p, true);
-            let dx = dx.unwrap_or_else(|| panic!("{}: no input gradient", c.name));
-            let (ey, edx, edw) = (rel_err(&y, &c.y), rel_err(&dx, &c.dx), rel_err(&dw, &c.dw));
+            let here = once(c);
+            let there = std::thread::scope(|s| s.spawn(|| once(c)).join().unwrap());
             assert!(
-                ey <= TOL && edx <= TOL && edw <= TOL,
-                "{}: rel err y {ey} dx {edx} dw {edw}",
+                here == there,
+                "{}: oneDNN results differ between calls",
                 c.name
             );
         }
@@ -1593,7 +1670,8 @@ mod tests {
 
     /// Timings, not a check: `RAYON_NUM_THREADS=2 cargo test --release --lib
     /// nn::conv::tests::bench_conv -- --ignored --nocapture` (optional env: BENCH_ONLY=<name
-    /// substring>, BENCH_CANDLE=1 to time candle's built-in conv too). Compare with
+    /// substring>, BENCH_CANDLE=1 to time candle's built-in conv too); with `--features onednn` it times
+    /// both engines. Compare with
     /// `/usr/bin/python3 tests/fixtures/bench_conv_torch.py`.
     #[test]
     #[ignore]
@@ -1659,10 +1737,30 @@ mod tests {
             };
             let geom = Geom::new(x.dims(), w.dims(), p).unwrap();
             let gy = init::uniform(&mut r, &geom.y_dims(), -1.0, 1.0, &dev).unwrap();
-            let fwd = median_ms(&mut || drop(x.apply_op2_no_bwd(&w, &ConvFwd(geom)).unwrap()));
-            let dx = median_ms(&mut || drop(gy.apply_op2_no_bwd(&w, &ConvBwdInput(geom)).unwrap()));
-            let dw =
-                median_ms(&mut || drop(x.apply_op2_no_bwd(&gy, &ConvBwdWeight(geom)).unwrap()));
+            // Each engine this build has (`--features onednn` adds oneDNN's), one line each.
+            for engine in engines() {
+                let (fwd, dx, dw) = onednn::with_engine(engine, || {
+                    (
+                        median_ms(&mut || drop(x.apply_op2_no_bwd(&w, &ConvFwd(geom)).unwrap())),
+                        median_ms(&mut || {
+                            drop(gy.apply_op2_no_bwd(&w, &ConvBwdInput(geom)).unwrap())
+                        }),
+                        median_ms(&mut || {
+                            drop(x.apply_op2_no_bwd(&gy, &ConvBwdWeight(geom)).unwrap())
+                        }),
+                    )
+                });
+                println!(
+                    "{name:26} {:6} wall fwd {:6.2} dx {:6.2} dw {:6.2} | cpu/2 fwd {:6.2} dx {:6.2} dw {:6.2} ms",
+                    format!("{engine:?}"),
+                    fwd.0,
+                    dx.0,
+                    dw.0,
+                    fwd.1 / 2.0,
+                    dx.1 / 2.0,
+                    dw.1 / 2.0,
+                );
+            }
             let xv = Var::from_tensor(&x).unwrap();
             let wv = Var::from_tensor(&w).unwrap();
             let mut builtin = || {
@@ -1677,17 +1775,13 @@ mod tests {
             } else {
                 (0.0, 0.0)
             };
-            println!(
-                "{name:26} wall fwd {:6.2} dx {:6.2} dw {:6.2} | cpu/2 fwd {:6.2} dx {:6.2} dw {:6.2} ms | candle wall {:7.1} cpu/2 {:7.1}",
-                fwd.0,
-                dx.0,
-                dw.0,
-                fwd.1 / 2.0,
-                dx.1 / 2.0,
-                dw.1 / 2.0,
-                candle.0,
-                candle.1 / 2.0
-            );
+            if std::env::var("BENCH_CANDLE").is_ok() {
+                println!(
+                    "{name:26} candle's own conv2d, fwd+bwd: wall {:7.1} cpu/2 {:7.1} ms",
+                    candle.0,
+                    candle.1 / 2.0
+                );
+            }
         }
     }
 }

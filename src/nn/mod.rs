@@ -13,6 +13,7 @@ mod host;
 pub mod init;
 pub mod linear;
 pub mod loss;
+pub mod onednn;
 pub mod pool;
 pub mod store;
 

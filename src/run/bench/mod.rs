@@ -98,6 +98,8 @@ pub struct Options {
     /// The runner binary that serves `bench-worker`.
     pub exe: PathBuf,
     pub device: BenchDevice,
+    /// runner's CPU convolution kernels in the workers.
+    pub conv_engine: crate::config::schema::ConvEngineCfg,
 }
 
 /// `all` -> every space; a comma list stays in its order, duplicates dropped.
@@ -217,6 +219,8 @@ fn runner_cmd(o: &Options, spec: &Spec, check: Option<&Path>) -> Result<Command>
     c.arg("bench-worker")
         .arg("--device")
         .arg(o.device.as_str())
+        .arg("--conv-engine")
+        .arg(o.conv_engine.as_str())
         .arg("--spec")
         .arg(serde_json::to_string(spec)?);
     if let Some(p) = check {
