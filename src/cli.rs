@@ -390,6 +390,8 @@ fn run(args: RunArgs) -> Result<()> {
         }
     }
     let cfg = &resolved.config;
+    // Before the launcher starts ranks, and in every rank (each runs this same path).
+    execute::apply_conv_engine(&cfg.device)?;
     let timeout = Duration::from_secs(cfg.device.timeout_s);
     // Started as one rank of a data-parallel run (by `runner launch`, torchrun or srun); a
     // one-device run in a world of one (`WORLD_SIZE=1`) needs no rendezvous.
@@ -422,7 +424,6 @@ fn run(args: RunArgs) -> Result<()> {
         });
     }
     set_cpu_threads(cfg.device.threads);
-    set_conv_engine(cfg.device.conv_engine)?;
     let dir = RunDir::open(
         &cfg.experiment.output,
         &cfg.experiment.name,
@@ -478,15 +479,21 @@ fn set_cpu_threads(threads: usize) {
     }
 }
 
-/// `device.conv_engine` for this process (`auto` keeps the build's default).
+/// `--conv-engine` of `runner bench` and its workers.
 fn set_conv_engine(e: crate::config::schema::ConvEngineCfg) -> Result<()> {
     use crate::config::schema::ConvEngineCfg;
     use crate::nn::onednn::{set_engine, ConvEngine};
-    match e {
+    let r = match e {
         ConvEngineCfg::Auto => Ok(()),
-        ConvEngineCfg::Onednn => Ok(set_engine(ConvEngine::OneDnn)?),
-        ConvEngineCfg::Rust => Ok(set_engine(ConvEngine::Rust)?),
-    }
+        ConvEngineCfg::Onednn => set_engine(ConvEngine::OneDnn),
+        ConvEngineCfg::Rust => set_engine(ConvEngine::Rust),
+    };
+    r.map_err(|_| {
+        anyhow::anyhow!(
+            "--conv-engine onednn: this runner was built without oneDNN (apt-get install \
+             libdnnl-dev, then cargo build --release --features onednn)"
+        )
+    })
 }
 
 fn this_program() -> Result<PathBuf> {

@@ -450,3 +450,49 @@ fn conv_engine_is_logged_and_onednn_needs_its_feature() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert!(err.contains("conv_engine"), "{err}");
 }
+
+/// `runner check` refuses `device.conv_engine = "onednn"` in a build without oneDNN, and so
+/// does a data-parallel launch (before any rank starts) and a sweep's plan (before any point).
+#[test]
+fn conv_engine_onednn_is_refused_everywhere_without_the_feature() {
+    if runner::nn::onednn::available() {
+        eprintln!("skipped: this build has oneDNN");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "out");
+    let runner = || Command::new(env!("CARGO_BIN_EXE_runner"));
+    let engine = ["--set", "device.conv_engine=onednn"];
+    let check = runner()
+        .arg("check")
+        .arg(&cfg)
+        .args(engine)
+        .output()
+        .unwrap();
+    let ranks = runner()
+        .arg(&cfg)
+        .args(engine)
+        .args(["--set", "device.gpus=2", "--set", "device.kind=cpu"])
+        .output()
+        .unwrap();
+    let sweep_file = t.path().join("sweep.toml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "extends = {:?}\n[sweep]\ngrid = {{ \"device.conv_engine\" = [\"rust\", \"onednn\"] }}\n",
+            cfg.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let sweep = runner()
+        .args(["sweep", "--dry-run"])
+        .arg(&sweep_file)
+        .output()
+        .unwrap();
+    for (what, st) in [("check", check), ("ranks", ranks), ("sweep", sweep)] {
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(!st.status.success(), "{what}: {err}");
+        assert!(err.contains("built without oneDNN"), "{what}: {err}");
+    }
+    assert!(!t.path().join("out").exists(), "a results folder was made");
+}

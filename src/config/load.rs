@@ -1398,6 +1398,9 @@ mod tests {
         assert_eq!(hash(&["experiment.output=/elsewhere"]), base);
         assert_eq!(hash(&["device.threads=3"]), base);
         assert_eq!(hash(&["device.timeout_s=5"]), base);
+        // Configs from before device.conv_engine existed keep their folders: `auto` is left out.
+        assert_eq!(hash(&["device.conv_engine=auto"]), base);
+        assert_ne!(hash(&["device.conv_engine=rust"]), base);
         // Setting a value to its default changes nothing.
         assert_eq!(hash(&["train.learning_rate=0.1"]), base);
         assert_ne!(hash(&["train.learning_rate=0.05"]), base);

@@ -474,7 +474,9 @@ pub struct DeviceCfg {
     /// CPU convolution kernels: `auto` or `rust` (runner's own, the measured faster default,
     /// which give the same bits on any thread count) or `onednn` (a build with the `onednn`
     /// feature; an error otherwise). The engines differ only in float rounding.
-    #[serde(default)]
+    /// Left out of the resolved config (and so of the hash) when `auto`, so that configs from
+    /// before this key resolve to the same run folders.
+    #[serde(default, skip_serializing_if = "ConvEngineCfg::is_auto")]
     pub conv_engine: ConvEngineCfg,
 }
 
@@ -489,6 +491,10 @@ pub enum ConvEngineCfg {
 }
 
 impl ConvEngineCfg {
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Auto => "auto",

@@ -53,6 +53,31 @@ pub fn cuda_devices() -> (usize, Option<String>) {
     }
 }
 
+/// `device.conv_engine = "onednn"` needs a build with the `onednn` feature: refused before any
+/// work (by `runner check`, a sweep's plan, a run and every rank).
+pub fn check_conv_engine(d: &config::schema::DeviceCfg) -> Result<()> {
+    if d.conv_engine == config::schema::ConvEngineCfg::Onednn && !crate::nn::onednn::available() {
+        bail!(
+            "device.conv_engine = \"onednn\", but this runner was built without oneDNN \
+             (apt-get install libdnnl-dev, then cargo build --release --features onednn; or set \
+             device.conv_engine = \"auto\")"
+        );
+    }
+    Ok(())
+}
+
+/// Applies `device.conv_engine` to this process (after [`check_conv_engine`]).
+pub fn apply_conv_engine(d: &config::schema::DeviceCfg) -> Result<()> {
+    use crate::nn::onednn::{set_engine, ConvEngine};
+    check_conv_engine(d)?;
+    match d.conv_engine {
+        config::schema::ConvEngineCfg::Auto => {}
+        config::schema::ConvEngineCfg::Onednn => set_engine(ConvEngine::OneDnn)?,
+        config::schema::ConvEngineCfg::Rust => set_engine(ConvEngine::Rust)?,
+    }
+    Ok(())
+}
+
 /// Refuses data parallelism this machine or the space cannot run, before anything starts:
 /// `local_ranks` ranks of `device.gpus` run here (all of them at `runner check` and for
 /// `runner FILE`; `--nproc` for `runner launch`; one for a rank started by srun or torchrun).
@@ -144,6 +169,7 @@ fn describe_data(data: &crate::data::Split) -> String {
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
     check_devices(cfg, cfg.device.gpus)?;
+    check_conv_engine(&cfg.device)?;
     device(&cfg.device)?;
     let space_report = match &cfg.space {
         config::Space::Nb101(_) => {

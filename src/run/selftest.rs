@@ -179,7 +179,11 @@ fn image_side<N: Supernet>(
             bail!("evaluation under no_grad changed the logits");
         }
         let g = free.sum_all()?.backward()?;
-        if let Some((name, _)) = store.params().iter().find(|(_, v)| g.get(v.as_tensor()).is_some()) {
+        if let Some((name, _)) = store
+            .params()
+            .iter()
+            .find(|(_, v)| g.get(v.as_tensor()).is_some())
+        {
             bail!("evaluation under no_grad still records a backward graph through {name}");
         }
         Ok(Side {

@@ -145,6 +145,15 @@ pub fn plan_with(
     let spec = spec::parse(&source)?;
     let base = load(sets)?;
     let resolved = spec::resolve_points(&spec, sets, load)?;
+    for rp in &resolved {
+        super::execute::check_conv_engine(&rp.resolved.config.device).with_context(|| {
+            format!(
+                "sweep point {} ({})",
+                rp.point.index,
+                rp.point.set_args().join(" ")
+            )
+        })?;
+    }
     let name = match &spec.name {
         Some(n) => n.clone(),
         None => format!(

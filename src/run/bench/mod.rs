@@ -399,6 +399,8 @@ pub fn run(o: &Options) -> Result<Report> {
             .map(|p| (p.python.clone(), p.version.clone())),
         no_pytorch_reason: o.no_pytorch_reason.clone(),
         device: o.device,
+        // The workers were given `o.conv_engine`; this process set the same one.
+        conv_engine: crate::nn::onednn::describe(),
     })
 }
 

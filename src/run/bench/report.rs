@@ -173,6 +173,8 @@ pub struct Report {
     /// Why PyTorch is not compared, when it is not.
     pub no_pytorch_reason: Option<String>,
     pub device: BenchDevice,
+    /// runner's CPU convolution kernels, as `describe()` words them.
+    pub conv_engine: String,
 }
 
 const WHAT: [(&str, bool); 2] = [("train step", false), ("evaluation", true)];
@@ -283,8 +285,8 @@ impl Report {
             "the CPU"
         };
         let mut t = format!(
-            "on {on}; {} thread(s); {} round(s), runner and PyTorch alternating; per round {} warm-up + {} timed run(s) of each phase; medians over all timed runs\n\n",
-            self.threads, self.rounds, self.warmup, self.repeats
+            "on {on}; {} thread(s); {} round(s), runner and PyTorch alternating; per round {} warm-up + {} timed run(s) of each phase; medians over all timed runs; runner's CPU convolution: {}\n\n",
+            self.threads, self.rounds, self.warmup, self.repeats, self.conv_engine
         );
         let header: Vec<String> = header.into_iter().map(String::from).collect();
         t.push_str(&line(&header));
@@ -417,6 +419,7 @@ impl Report {
                 "pytorch": self.device == BenchDevice::Cuda && self.pytorch.is_some(),
             },
             "threads": self.threads,
+            "conv_engine": self.conv_engine,
             "rounds": self.rounds,
             "warmup": self.warmup,
             "repeats": self.repeats,
@@ -500,6 +503,7 @@ mod tests {
             pytorch: Some(("python3".into(), "1.13".into())),
             no_pytorch_reason: None,
             device: BenchDevice::Cpu,
+            conv_engine: "runner's own kernels".into(),
         };
         let table = r.table();
         // runner train samples 10, 30, 10, 30 -> 20; PyTorch 20, 60 -> 40; ratio 2.00.
@@ -555,6 +559,7 @@ mod tests {
             pytorch: Some(("python3".into(), "2.11.0".into())),
             no_pytorch_reason: None,
             device: BenchDevice::Cuda,
+            conv_engine: "runner's own kernels".into(),
         };
         let table = r.table();
         assert!(
