@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
     device: crate::run::bench::BenchDevice,
     /// runner's CPU convolution kernels (`device.conv_engine`): auto, onednn or rust.
-    #[arg(long, value_enum, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
     conv_engine: crate::config::schema::ConvEngineCfg,
     /// NB201 only: channels of the first stage.
     #[arg(long)]
@@ -186,7 +186,7 @@ pub enum Command {
         check_out: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = crate::run::bench::BenchDevice::Cpu)]
         device: crate::run::bench::BenchDevice,
-        #[arg(long, value_enum, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
+        #[arg(long, value_enum, ignore_case = true, default_value_t = crate::config::schema::ConvEngineCfg::Auto)]
         conv_engine: crate::config::schema::ConvEngineCfg,
     },
     /// Check a device against the native CPU kernels: every space's supernet on a fixed batch
@@ -391,7 +391,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let cfg = &resolved.config;
     // Before the launcher starts ranks, and in every rank (each runs this same path).
-    execute::apply_conv_engine(&cfg.device)?;
+    execute::apply_conv_engine(&resolved)?;
     let timeout = Duration::from_secs(cfg.device.timeout_s);
     // Started as one rank of a data-parallel run (by `runner launch`, torchrun or srun); a
     // one-device run in a world of one (`WORLD_SIZE=1`) needs no rendezvous.
@@ -732,6 +732,7 @@ fn launch_command(
         );
     }
     execute::check_devices(cfg, nproc)?;
+    execute::check_conv_engine(&resolved)?;
     let master_addr = master_addr
         .or_else(|| {
             std::env::var("MASTER_ADDR")

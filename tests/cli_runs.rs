@@ -489,10 +489,28 @@ fn conv_engine_onednn_is_refused_everywhere_without_the_feature() {
         .arg(&sweep_file)
         .output()
         .unwrap();
-    for (what, st) in [("check", check), ("ranks", ranks), ("sweep", sweep)] {
+    let launch = runner()
+        .args(["launch", "--nproc", "2"])
+        .arg(&cfg)
+        .args(engine)
+        .args(["--set", "device.gpus=2", "--set", "device.kind=cpu"])
+        .output()
+        .unwrap();
+    // Each error names where the value was set: the --set, or the sweep key's line.
+    let set_at = "--set device.conv_engine=onednn: device.conv_engine = \"onednn\", but";
+    let sweep_at = "sweep.toml:3: sweep.grid: device.conv_engine = \"onednn\", but";
+    for (what, st, at) in [
+        ("check", check, set_at),
+        ("ranks", ranks, set_at),
+        ("launch", launch, set_at),
+        ("sweep", sweep, sweep_at),
+    ] {
         let err = String::from_utf8_lossy(&st.stderr);
         assert!(!st.status.success(), "{what}: {err}");
         assert!(err.contains("built without oneDNN"), "{what}: {err}");
+        assert!(err.contains(at), "{what}: {err}");
+        // Refused before any rank starts: one line, nothing launched.
+        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
     }
     assert!(!t.path().join("out").exists(), "a results folder was made");
 }

@@ -31,12 +31,21 @@ pub struct Resolved {
     pub toml: String,
     /// Short hash of the resolved configuration (names the run folder).
     pub hash: String,
+    /// The layers it was resolved from, so that checks made after loading (by the run layer)
+    /// can name where a value was set, like the loader's own errors do.
+    layers: std::sync::Arc<Layers>,
 }
 
 impl Resolved {
     /// Re-reads a run folder's resolved `config.toml`. It is an experiment file in its own
     /// right (absolute paths, no `extends`); environment variables and `--set` are NOT applied,
     /// so a resumed run sees exactly the configuration it started with.
+    /// Where the value of the dotted `key` was set: a file and line, an environment variable,
+    /// a `--set` argument or the built-in defaults.
+    pub fn origin(&self, key: &str) -> Place {
+        self.layers.place_of_dotted(key)
+    }
+
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Resolved> {
         load_from(path, None, &[], &[])
     }
@@ -66,7 +75,7 @@ pub fn load_from(
     sets: &[String],
     env: &[(String, String)],
 ) -> anyhow::Result<Resolved> {
-    let layers = Layers::build(file, text, sets, env)?;
+    let layers = std::sync::Arc::new(Layers::build(file, text, sets, env)?);
     let resolved = layers.resolve()?;
     Ok(resolved)
 }
@@ -164,6 +173,7 @@ impl Provider for Layer {
 }
 
 /// All layers, lowest first, and the experiment file they hang from.
+#[derive(Debug)]
 struct Layers {
     layers: Vec<Layer>,
     /// The experiment file as given / absolute.
@@ -263,7 +273,7 @@ impl Layers {
         file.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
-    fn resolve(&self) -> Result<Resolved, ConfigError> {
+    fn resolve(self: &std::sync::Arc<Self>) -> Result<Resolved, ConfigError> {
         let mut figment = Figment::new();
         for layer in &self.layers {
             figment = figment.merge(layer.clone());
@@ -287,6 +297,7 @@ impl Layers {
             file: self.abs.clone(),
             toml,
             hash,
+            layers: self.clone(),
         })
     }
 
@@ -774,6 +785,8 @@ fn expected_type(expected: &str) -> String {
         "a string" | "path string" => "a string",
         "a sequence" => "an array",
         _ if e.starts_with("struct ") || e.starts_with("a map") => "a table",
+        // serde names the Rust type (`enum ConvEngineCfg`); the user writes a quoted name.
+        _ if e.starts_with("enum ") => "a string (one of the key's names)",
         _ => return e.to_string(),
     };
     words.into()
@@ -1250,6 +1263,12 @@ mod tests {
         assert_eq!(
             err_of("[space]\nkind = 201\n"),
             "x.toml:2: space.kind: expected a string, found integer 201"
+        );
+        // A choice-valued key says what to write, not the Rust type behind it.
+        assert_eq!(
+            err_of("[space]\nkind = \"nb201\"\n[device]\nconv_engine = 1\n"),
+            "x.toml:4: device.conv_engine: expected a string (one of the key's names), found \
+             integer 1"
         );
     }
 

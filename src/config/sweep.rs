@@ -511,8 +511,9 @@ pub fn resolve_points(
 }
 
 /// A configuration error caused by one of the point's overrides, re-placed at the sweep key
-/// that produced it (the `--set` it went through is an implementation detail).
-fn blame_override(error: anyhow::Error, point: &Point) -> anyhow::Error {
+/// that produced it (the `--set` it went through is an implementation detail). Also used for
+/// checks made after loading (the run layer's `device.conv_engine`).
+pub fn blame_override(error: anyhow::Error, point: &Point) -> anyhow::Error {
     let Some(ce) = error.downcast_ref::<ConfigError>() else {
         return error;
     };

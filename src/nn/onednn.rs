@@ -3,12 +3,13 @@
 //! per run with `device.conv_engine`.
 //!
 //! Why runner's own kernels are the default (README, "Choosing the CPU engine by measurement"):
-//! oneDNN's convolution alone is about 2x faster per call on 3x3 and 1x1 shapes even with the
-//! reorders from and to runner's NCHW tensors, but inside a whole training step on 2 threads its
-//! OpenMP team and runner's rayon pool compete for the cores (OpenMP threads spin-wait between
-//! calls) and small convolutions pay the per-call reorders, so whole steps at the reduced shapes
-//! were 1.1-2x slower with it, and at the study shapes mixed. Dilated depthwise convolutions stay
-//! with runner's kernels on either engine: oneDNN's plain-layout ones are 10x slower backwards.
+//! oneDNN's convolution alone is 1.5-2.5x faster per call on dense 3x3 shapes (1.1-1.7x on 1x1)
+//! even with the reorders from and to runner's NCHW tensors, but inside a whole training step on 2
+//! threads its OpenMP team and runner's rayon pool compete for the cores (OpenMP threads spin-wait
+//! between calls) and small convolutions pay the per-call reorders, so whole steps at the reduced
+//! shapes were 1.1-2x slower with it, and at the study shapes mixed. Dilated depthwise convolutions
+//! stay with runner's kernels on either engine: oneDNN's plain-layout ones are 10x slower
+//! backwards.
 //!
 //! One difference to know: runner's own kernels give the same bits on any number of threads;
 //! oneDNN's may round differently with a different thread count (the same thread count gives the

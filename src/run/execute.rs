@@ -54,23 +54,28 @@ pub fn cuda_devices() -> (usize, Option<String>) {
 }
 
 /// `device.conv_engine = "onednn"` needs a build with the `onednn` feature: refused before any
-/// work (by `runner check`, a sweep's plan, a run and every rank).
-pub fn check_conv_engine(d: &config::schema::DeviceCfg) -> Result<()> {
+/// work (by `runner check`, a sweep's plan, `runner launch`, a run and every rank), naming where
+/// the value was set. A [`config::ConfigError`], so a sweep can re-place it at its sweep key.
+pub fn check_conv_engine(resolved: &Resolved) -> Result<()> {
+    let d = &resolved.config.device;
     if d.conv_engine == config::schema::ConvEngineCfg::Onednn && !crate::nn::onednn::available() {
-        bail!(
-            "device.conv_engine = \"onednn\", but this runner was built without oneDNN \
-             (apt-get install libdnnl-dev, then cargo build --release --features onednn; or set \
-             device.conv_engine = \"auto\")"
-        );
+        return Err(config::ConfigError::Invalid {
+            at: resolved.origin("device.conv_engine"),
+            message: "device.conv_engine = \"onednn\", but this runner was built without oneDNN \
+                      (apt-get install libdnnl-dev, then cargo build --release --features onednn; \
+                      or set device.conv_engine = \"auto\")"
+                .into(),
+        }
+        .into());
     }
     Ok(())
 }
 
 /// Applies `device.conv_engine` to this process (after [`check_conv_engine`]).
-pub fn apply_conv_engine(d: &config::schema::DeviceCfg) -> Result<()> {
+pub fn apply_conv_engine(resolved: &Resolved) -> Result<()> {
     use crate::nn::onednn::{set_engine, ConvEngine};
-    check_conv_engine(d)?;
-    match d.conv_engine {
+    check_conv_engine(resolved)?;
+    match resolved.config.device.conv_engine {
         config::schema::ConvEngineCfg::Auto => {}
         config::schema::ConvEngineCfg::Onednn => set_engine(ConvEngine::OneDnn)?,
         config::schema::ConvEngineCfg::Rust => set_engine(ConvEngine::Rust)?,
@@ -169,7 +174,7 @@ fn describe_data(data: &crate::data::Split) -> String {
 pub fn check(resolved: &Resolved) -> Result<String> {
     let cfg = &resolved.config;
     check_devices(cfg, cfg.device.gpus)?;
-    check_conv_engine(&cfg.device)?;
+    check_conv_engine(resolved)?;
     device(&cfg.device)?;
     let space_report = match &cfg.space {
         config::Space::Nb101(_) => {

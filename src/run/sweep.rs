@@ -146,13 +146,8 @@ pub fn plan_with(
     let base = load(sets)?;
     let resolved = spec::resolve_points(&spec, sets, load)?;
     for rp in &resolved {
-        super::execute::check_conv_engine(&rp.resolved.config.device).with_context(|| {
-            format!(
-                "sweep point {} ({})",
-                rp.point.index,
-                rp.point.set_args().join(" ")
-            )
-        })?;
+        super::execute::check_conv_engine(&rp.resolved)
+            .map_err(|e| spec::blame_override(e, &rp.point))?;
     }
     let name = match &spec.name {
         Some(n) => n.clone(),
