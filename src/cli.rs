@@ -481,14 +481,7 @@ fn set_cpu_threads(threads: usize) {
 
 /// `--conv-engine` of `runner bench` and its workers.
 fn set_conv_engine(e: crate::config::schema::ConvEngineCfg) -> Result<()> {
-    use crate::config::schema::ConvEngineCfg;
-    use crate::nn::onednn::{set_engine, ConvEngine};
-    let r = match e {
-        ConvEngineCfg::Auto => Ok(()),
-        ConvEngineCfg::Onednn => set_engine(ConvEngine::OneDnn),
-        ConvEngineCfg::Rust => set_engine(ConvEngine::Rust),
-    };
-    r.map_err(|_| {
+    execute::set_conv_engine(e).map_err(|_| {
         anyhow::anyhow!(
             "--conv-engine onednn: this runner was built without oneDNN (apt-get install \
              libdnnl-dev, then cargo build --release --features onednn)"

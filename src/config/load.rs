@@ -37,15 +37,15 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// Re-reads a run folder's resolved `config.toml`. It is an experiment file in its own
-    /// right (absolute paths, no `extends`); environment variables and `--set` are NOT applied,
-    /// so a resumed run sees exactly the configuration it started with.
     /// Where the value of the dotted `key` was set: a file and line, an environment variable,
     /// a `--set` argument or the built-in defaults.
     pub fn origin(&self, key: &str) -> Place {
         self.layers.place_of_dotted(key)
     }
 
+    /// Re-reads a run folder's resolved `config.toml`. It is an experiment file in its own
+    /// right (absolute paths, no `extends`); environment variables and `--set` are NOT applied,
+    /// so a resumed run sees exactly the configuration it started with.
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Resolved> {
         load_from(path, None, &[], &[])
     }

@@ -73,14 +73,19 @@ pub fn check_conv_engine(resolved: &Resolved) -> Result<()> {
 
 /// Applies `device.conv_engine` to this process (after [`check_conv_engine`]).
 pub fn apply_conv_engine(resolved: &Resolved) -> Result<()> {
-    use crate::nn::onednn::{set_engine, ConvEngine};
     check_conv_engine(resolved)?;
-    match resolved.config.device.conv_engine {
-        config::schema::ConvEngineCfg::Auto => {}
-        config::schema::ConvEngineCfg::Onednn => set_engine(ConvEngine::OneDnn)?,
-        config::schema::ConvEngineCfg::Rust => set_engine(ConvEngine::Rust)?,
+    set_conv_engine(resolved.config.device.conv_engine)
+}
+
+/// Makes `e` this process's convolution engine (`auto` keeps the build's default); fails for
+/// `onednn` in a build without it.
+pub fn set_conv_engine(e: config::schema::ConvEngineCfg) -> Result<()> {
+    use crate::nn::onednn::{set_engine, ConvEngine};
+    match e {
+        config::schema::ConvEngineCfg::Auto => Ok(()),
+        config::schema::ConvEngineCfg::Onednn => Ok(set_engine(ConvEngine::OneDnn)?),
+        config::schema::ConvEngineCfg::Rust => Ok(set_engine(ConvEngine::Rust)?),
     }
-    Ok(())
 }
 
 /// Refuses data parallelism this machine or the space cannot run, before anything starts:
