@@ -32,7 +32,7 @@ pub struct Table<A> {
 }
 
 /// Reads `path`, decoding every architecture for space `S` and the score column `score`.
-/// A row that does not decode, or whose score is not a number, fails with the file and line.
+/// A row that does not decode, or whose score is not a finite number, fails with the file and line.
 /// Repeated architectures keep their first row (a warning says how many were dropped).
 pub fn read<S: Space>(path: &Path, score: &str) -> Result<Table<S::Arch>> {
     let text = crate::data::read_maybe_gz(path)
@@ -88,10 +88,14 @@ pub fn read<S: Space>(path: &Path, score: &str) -> Result<Table<S::Arch>> {
             .with_context(|| format!("{}: architecture is not JSON", at()))?;
         let arch = S::decode(&json)
             .with_context(|| format!("{}: architecture does not decode for {}", at(), S::KIND))?;
-        let score: f64 = s
+        // A NaN or infinite score would silently turn every correlation into n/a.
+        let value: f64 = s
             .trim()
             .parse()
             .map_err(|_| anyhow::anyhow!("{}: {score} = {s:?} is not a number", at()))?;
+        if !value.is_finite() {
+            bail!("{}: {score} = {s:?} is not finite", at());
+        }
         if seen.insert(arch.clone(), line).is_some() {
             duplicates += 1;
             continue;
@@ -106,7 +110,7 @@ pub fn read<S: Space>(path: &Path, score: &str) -> Result<Table<S::Arch>> {
         rows.push(Row {
             line,
             arch,
-            score,
+            score: value,
             extra,
         });
     }
@@ -208,6 +212,18 @@ mod tests {
         assert!(e.contains("c.csv:2") && e.contains("not a number"), "{e}");
         let e = format!("{:#}", read::<Nb201>(&p, "valid_ppl").unwrap_err());
         assert!(e.contains("no score column `valid_ppl`"), "{e}");
+        for bad in ["nan", "inf", "-inf"] {
+            let p = write(
+                dir.path(),
+                "d.csv",
+                &format!("architecture,accuracy\n{A},93.5\n{B},{bad}\n"),
+            );
+            let e = format!("{:#}", read::<Nb201>(&p, "accuracy").unwrap_err());
+            assert!(
+                e.contains(&format!("d.csv:3: accuracy = \"{bad}\" is not finite")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -563,7 +563,11 @@ fn read_columns(
             .with_context(bad)?;
         let vals: Vec<f64> = col_idx
             .iter()
-            .map(|&c| rec.get(c).and_then(|v| v.trim().parse::<f64>().ok()))
+            .map(|&c| {
+                rec.get(c)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .filter(|v| v.is_finite())
+            })
             .collect::<Option<_>>()
             .with_context(bad)?;
         out.insert(idx, vals);
