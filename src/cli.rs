@@ -424,7 +424,7 @@ fn run(args: RunArgs) -> Result<()> {
         });
     }
     set_cpu_threads(cfg.device.threads);
-    let dir = RunDir::open(
+    let mut dir = RunDir::open(
         &cfg.experiment.output,
         &cfg.experiment.name,
         &resolved.hash,
@@ -439,7 +439,7 @@ fn run(args: RunArgs) -> Result<()> {
     );
     tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
     tracing::info!("CPU convolution: {}", crate::nn::onednn::describe());
-    let outcome = execute::execute(&resolved, &dir)?;
+    let outcome = execute::execute(&resolved, &dir).inspect_err(|_| dir.discard_if_unstarted())?;
     if outcome.already_finished {
         tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");
     }
@@ -573,7 +573,7 @@ fn run_rank(
     )?);
     dist.agree("the configuration hash", &resolved.hash)?;
     let what = "to open the run folder";
-    let dir = if dist.is_root() {
+    let mut dir = if dist.is_root() {
         match RunDir::open(
             &cfg.experiment.output,
             &cfg.experiment.name,
@@ -609,7 +609,7 @@ fn run_rank(
     );
     tracing::info!("CPU threads: {}", candle_core::utils::get_num_threads());
     tracing::info!("CPU convolution: {}", crate::nn::onednn::describe());
-    let outcome = execute::execute(resolved, &dir)?;
+    let outcome = execute::execute(resolved, &dir).inspect_err(|_| dir.discard_if_unstarted())?;
     if dist.is_root() {
         if outcome.already_finished {
             tracing::info!("this run already finished; nothing to do (use --fresh to run it again in a new folder)");

@@ -514,3 +514,33 @@ fn conv_engine_onednn_is_refused_everywhere_without_the_feature() {
     }
     assert!(!t.path().join("out").exists(), "a results folder was made");
 }
+
+/// A run that cannot start (its data is missing) fails in one line and leaves no folder behind;
+/// a started run's folder is never removed by a later failed attempt.
+#[test]
+fn a_run_that_cannot_start_leaves_no_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "out");
+    let missing = t.path().join("no-such-data");
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg(&cfg)
+        .args([
+            "--set",
+            &format!("data.root={:?}", missing.display().to_string()),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no-such-data"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    let root = t.path().join("out");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

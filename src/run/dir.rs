@@ -15,6 +15,8 @@ pub struct RunDir {
     /// `None` on the ranks that do not write.
     lock: Option<PathBuf>,
     dist: Arc<Dist>,
+    /// This open made the folder (it did not exist before): see [`RunDir::discard_if_unstarted`].
+    created: bool,
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
@@ -97,6 +99,7 @@ impl RunDir {
                 k += 1;
             }
         }
+        let created = !path.exists();
         fs::create_dir_all(path.join("eval")).with_context(|| {
             format!(
                 "cannot create run folder {} (is the output root writable?)",
@@ -145,11 +148,31 @@ impl RunDir {
                 }
             }
         }
+        // Holding the lock, every temporary file here is a dead writer's (a process killed
+        // between writing and renaming): at a real model's size each one is a checkpoint.
+        for sub in ["", "checkpoints", "eval"] {
+            remove_stale_temps(&path.join(sub));
+        }
         Ok(RunDir {
             path,
             lock: Some(lock),
             dist: Arc::new(Dist::single()),
+            created,
         })
+    }
+
+    /// Removes the folder again when this process made it and the run never started (it
+    /// failed before writing `config.toml`: missing data, a bad `eval.archs` file), so a
+    /// failed start leaves no folder that is neither a run nor empty. Best effort; the error
+    /// that caused it is what the user needs to see.
+    pub fn discard_if_unstarted(&mut self) {
+        if !self.created || self.file("config.toml").exists() {
+            return;
+        }
+        if let Some(lock) = self.lock.take() {
+            let _ = fs::remove_file(lock);
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 
     /// The folder rank 0 of `dist` has opened at `path`, for a rank that only reads it.
@@ -158,6 +181,7 @@ impl RunDir {
             path,
             lock: None,
             dist,
+            created: false,
         }
     }
 
@@ -185,6 +209,20 @@ impl RunDir {
             );
         }
         write_atomic(&self.file(rel), bytes)
+    }
+}
+
+/// Deletes `.NAME.tmp-PID` files (see [`write_atomic`]) in `dir`.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && e.path().is_file() {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
@@ -234,5 +272,35 @@ mod tests {
             .collect();
         assert!(leftovers.is_empty());
         drop(a);
+    }
+
+    #[test]
+    fn stale_temps_go_and_unstarted_folders_are_discarded() {
+        let t = tempfile::tempdir().unwrap();
+        // A run that started (config.toml written), then was killed mid-rename.
+        let a = RunDir::open(t.path(), "exp", "abc", false, false).unwrap();
+        a.write("config.toml", b"x").unwrap();
+        let dead = a.file("checkpoints/.latest.safetensors.tmp-4000000000");
+        fs::write(&dead, b"partial").unwrap();
+        let kept = a.file("checkpoints/latest.safetensors");
+        fs::write(&kept, b"whole").unwrap();
+        drop(a);
+        let mut b = RunDir::open(t.path(), "exp", "abc", false, false).unwrap();
+        assert!(!dead.exists(), "the dead writer's temporary file stays");
+        assert_eq!(fs::read(&kept).unwrap(), b"whole");
+        // It existed before this open and has started: never discarded.
+        b.discard_if_unstarted();
+        assert!(b.file("config.toml").exists());
+        drop(b);
+        // Made by this open, failed before config.toml: removed.
+        let mut c = RunDir::open(t.path(), "exp", "new", false, false).unwrap();
+        fs::write(c.file("run.log"), b"error").unwrap();
+        c.discard_if_unstarted();
+        assert!(!t.path().join("exp-new").exists());
+        // A folder that existed (an earlier attempt) is left to the user even if unstarted.
+        fs::create_dir_all(t.path().join("exp-old")).unwrap();
+        let mut d = RunDir::open(t.path(), "exp", "old", false, false).unwrap();
+        d.discard_if_unstarted();
+        assert!(t.path().join("exp-old").exists());
     }
 }
