@@ -34,12 +34,25 @@ fn checksum<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> 
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// SHA-256 over the metadata a resume trusts (config hash and progress record): the tensor
+/// checksum does not cover them, and an edited epoch would otherwise resume at the wrong place.
+fn meta_checksum(hash: &str, progress: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((hash.len() as u64).to_le_bytes());
+    h.update(hash.as_bytes());
+    h.update(progress.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Serialises a checkpoint and writes it atomically.
 pub fn save<P: Serialize>(path: &Path, hash: &str, ck: &Checkpoint<P>) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "runner-checkpoint-v1".to_string());
     meta.insert("config_hash".to_string(), hash.to_string());
-    meta.insert("runner".to_string(), serde_json::to_string(&ck.progress)?);
+    let progress = serde_json::to_string(&ck.progress)?;
+    meta.insert("meta_checksum".to_string(), meta_checksum(hash, &progress));
+    meta.insert("runner".to_string(), progress);
     let tensors: Vec<(String, Tensor)> = ck
         .model
         .iter()
@@ -81,7 +94,17 @@ pub fn load<P: DeserializeOwned>(
             other.map(String::as_str).unwrap_or("?")
         ),
     }
-    let progress: P = serde_json::from_str(meta.get("runner").map(String::as_str).unwrap_or(""))
+    let record = meta.get("runner").map(String::as_str).unwrap_or("");
+    // Checkpoints written before `meta_checksum` existed carry none; they still resume.
+    if let Some(want) = meta.get("meta_checksum") {
+        if *want != meta_checksum(hash, record) {
+            bail!(
+                "checkpoint {} is corrupt: its progress record does not match its checksum",
+                path.display()
+            );
+        }
+    }
+    let progress: P = serde_json::from_str(record)
         .with_context(|| format!("checkpoint {}: unreadable progress record", path.display()))?;
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| anyhow::anyhow!("checkpoint {} is corrupt: {e}", path.display()))?;
@@ -184,5 +207,45 @@ mod tests {
         assert!(err.contains("does not match its checksum"), "{err}");
         std::fs::write(&p, b"garbage").unwrap();
         assert!(load::<(usize, String)>(&p, "h1", &dev).is_err());
+    }
+
+    /// An edited progress record (same length, still valid JSON) is refused; a checkpoint from
+    /// before the metadata checksum (none in the file) still loads.
+    #[test]
+    fn edited_progress_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("latest.safetensors");
+        let dev = Device::Cpu;
+        let mut model = BTreeMap::new();
+        model.insert("w".to_string(), Tensor::new(&[1f32, 2.0], &dev).unwrap());
+        let ck = Checkpoint {
+            model,
+            optim: BTreeMap::new(),
+            progress: (3usize, "x".to_string()),
+        };
+        save(&p, "h1", &ck).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let edit = |from: &[u8], to: &[u8]| -> Vec<u8> {
+            let i = bytes
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("pattern in the header");
+            let mut b = bytes.clone();
+            b[i..i + to.len()].copy_from_slice(to);
+            b
+        };
+        std::fs::write(&p, edit(b"[3,", b"[9,")).unwrap();
+        let err = load::<(usize, String)>(&p, "h1", &dev)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("progress record does not match its checksum"),
+            "{err}"
+        );
+        // The key renamed to one the loader does not read: an old-format checkpoint.
+        std::fs::write(&p, edit(b"meta_checksum", b"meta_checksuX")).unwrap();
+        let back: Checkpoint<(usize, String)> = load(&p, "h1", &dev).unwrap();
+        assert_eq!(back.progress, (3, "x".to_string()));
     }
 }

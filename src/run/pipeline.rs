@@ -3,6 +3,7 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::dir::RunDir;
+use super::dist::Dist;
 use super::records::{finite, EvalRecord, Progress, Summary};
 use super::tensorboard::TbLog;
 use crate::config::{Config, Resolved, Schedule};
@@ -316,6 +317,23 @@ fn evaluate_epoch<S: Space, N: Supernet<Arch = S::Arch>>(
 
 /// Rewrites `focus_branch.jsonl` from `decisions` (the checkpoint's, on resume: lines written
 /// after it by a killed run are dropped and written again when their epoch comes).
+/// What a failed resume says: how to start over, and for a data-parallel rank, that every
+/// rank reads rank 0's folder.
+pub(crate) fn resume_context(dist: &Dist, latest: &std::path::Path) -> String {
+    let start_over = format!(
+        "cannot resume (run with --fresh to start over in a new folder, or delete {})",
+        latest.display()
+    );
+    if dist.world() == 1 {
+        start_over
+    } else {
+        format!(
+            "rank {} {start_over}; results must be on a file system every rank shares",
+            dist.rank()
+        )
+    }
+}
+
 fn write_decisions(dir: &RunDir, decisions: &[focus_branch::Decision]) -> Result<()> {
     let mut text = String::new();
     for d in decisions {
@@ -456,12 +474,7 @@ pub fn run<S: Space, N: Supernet<Arch = S::Arch>>(
     let resumed = dist.root_decides(latest.exists())?;
     if resumed {
         let ck: Checkpoint<Progress> = checkpoint::load(&latest, &resolved.hash, device)
-            .with_context(|| {
-                format!(
-                    "rank {} resuming (results must be on a file system every rank shares)",
-                    dist.rank()
-                )
-            })?;
+            .with_context(|| resume_context(dist, &latest))?;
         parts
             .store
             .load(&ck.model)

@@ -747,7 +747,8 @@ pub fn run(resolved: &Resolved, parts: PtbParts, dir: &RunDir, device: &Device) 
         opt: Opt::Sgd(sgd),
     };
     if latest.exists() {
-        let ck: Checkpoint<PtbProgress> = checkpoint::load(&latest, &resolved.hash, device)?;
+        let ck: Checkpoint<PtbProgress> = checkpoint::load(&latest, &resolved.hash, device)
+            .with_context(|| super::pipeline::resume_context(dir.dist(), &latest))?;
         store
             .load(&ck.model)
             .with_context(|| format!("checkpoint {} does not fit the model", latest.display()))?;
