@@ -24,7 +24,20 @@ fn sampled_ground_truth(
 ) -> Result<Option<GroundTruth<<Darts as Space>::Arch>>> {
     let cfg = &resolved.config;
     if cfg.eval.ground_truth == "auto" {
-        tracing::warn!("no ground truth for sampled DARTS architectures: set eval.archs = \"benchmarks/darts-cifar10.csv\" to evaluate (and correlate with) the benchmark's architectures");
+        // The shipped table found the way `auto` finds benchmarks, named absolutely: a relative
+        // path given with --set resolves against the experiment file's folder, not the shell's.
+        let shipped = resolved
+            .file
+            .ancestors()
+            .skip(1)
+            .take(5)
+            .map(|d| d.join("benchmarks").join("darts-cifar10.csv"))
+            .find(|p| p.is_file());
+        let csv = shipped.map_or_else(
+            || "benchmarks/darts-cifar10.csv".to_string(),
+            |p| p.display().to_string(),
+        );
+        tracing::warn!("no ground truth for sampled DARTS architectures: set eval.archs = \"{csv}\" to evaluate (and correlate with) the benchmark's architectures");
         return Ok(None);
     }
     let Some(path) = ground_truth_dir(resolved, Darts::KIND)? else {
